@@ -1,0 +1,175 @@
+"""The `dsas` program: an invoke Program with a fixed set of subcommands.
+
+One place maps failures to exit codes (status.ExitStatus): task errors arrive as
+invoke Exit with their code; parse errors are usage errors (2); anything
+unexpected is a bug, reported in one line (exit 4, --traceback for the trace).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+from invoke import Argument, Collection, Exit, ParseError, Program, UnexpectedExit
+
+from . import __version__
+from .status import ExitStatus
+from .tasks import builtin_collection
+
+HELP_TEXT = """\
+dsas {version}: releases over SSH, Capistrano-style.
+
+Usage: dsas <command> STAGE [options]        dsas <command> --help
+
+Commands:
+{commands}
+
+A project is a directory with dsas.yaml (application, repo, deploy_to, ...) and
+stages/<stage>.yaml (hosts and roles); dsas finds it from the current directory
+upwards, or from $DSAS_PROJECT.
+
+Global options (before the command):
+  --traceback     show the Python traceback of an unexpected error
+  -V, --version   show versions
+  --print-completion-script=bash|zsh   shell completion (see README)
+
+Exit codes: 0 ok, 1 failed and rolled back cleanly, 2 usage or config error,
+3 stage locked by another deploy, 4 failed and NOT fully restored (look now).
+"""
+
+
+class DsasProgram(Program):
+    """`dsas`: invoke's parser, dsas's help, errors and exit codes."""
+
+    def core_args(self) -> list:
+        return super().core_args() + [
+            Argument(names=("traceback",), kind=bool, default=False,
+                     help="Show the Python traceback of an unexpected error."),
+        ]
+
+    def print_version(self) -> None:
+        import fabric
+        import invoke
+        import paramiko
+
+        print(f"dsas {__version__} (fabric {fabric.__version__}, invoke {invoke.__version__}, "
+              f"paramiko {paramiko.__version__})")
+
+    def print_help(self) -> None:
+        lines = []
+        for name in sorted(self.namespace.task_names):
+            task = self.namespace[name]
+            doc = (task.__doc__ or "").strip().splitlines()
+            lines.append(f"  {name:<14} {doc[0] if doc else ''}")
+        print(HELP_TEXT.format(version=__version__, commands="\n".join(lines)))
+
+    def print_task_help(self, name: str) -> None:
+        super().print_task_help(name)
+
+    def normalize_argv(self, argv) -> None:
+        super().normalize_argv(argv)
+        self.argv = normalize_words(self.argv, self.namespace)
+
+    def run(self, argv: Optional[list] = None, exit: bool = True) -> None:
+        try:
+            self.create_config()
+            self.parse_core(argv)
+            self.parse_collection()
+            self.parse_tasks()
+            self.parse_cleanup()
+            self.update_config()
+            self.execute()
+        except ParseError as exc:
+            print(f"dsas: error: {exc} (see `dsas --help`)", file=sys.stderr)
+            if exit:
+                sys.exit(int(ExitStatus.USAGE))
+        except Exit as exc:
+            if exc.message:
+                print(exc.message, file=sys.stderr)
+            if exit:
+                sys.exit(exc.code)
+            elif exc.code:
+                raise
+        except UnexpectedExit as exc:
+            print(f"dsas: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            if exit:
+                sys.exit(int(ExitStatus.FAILED_ROLLED_BACK))
+        except KeyboardInterrupt:
+            print("dsas: interrupted", file=sys.stderr)
+            if exit:
+                sys.exit(int(ExitStatus.FAILED_ROLLED_BACK))
+        except Exception as exc:  # a bug: one line, the trace only on request
+            if getattr(self, "core", None) is not None and self.args.traceback.value:
+                traceback.print_exc()
+            print(f"dsas: internal error: {type(exc).__name__}: {exc} (rerun with --traceback; please report it)",
+                  file=sys.stderr)
+            if exit:
+                sys.exit(int(ExitStatus.NEEDS_HUMAN))
+            raise
+
+
+def normalize_words(words: list[str], namespace: Collection) -> list[str]:
+    """Make the natural forms work: `dsas lab up` -> `lab.up`; `dsas deploy --help` -> task help.
+
+    (invoke names nested tasks with dots, and a positional argument would swallow `--help`.)
+    """
+    words = list(words)
+    if len(words) >= 3 and words[1] in namespace.collections and "." not in words[1]:
+        sub = namespace.collections[words[1]]
+        if words[2] in sub.task_names:
+            words[1:3] = [f"{words[1]}.{words[2]}"]
+    if len(words) >= 3 and words[1] in namespace.task_names and any(w in ("--help", "-h") for w in words[2:]):
+        return [words[0], "--help", words[1]]
+    return words
+
+
+def load_project_recipes(namespace: Collection, project_dir: Optional[Path]) -> None:
+    """Mount each recipes/*.py of the user's project (its `ns` or its tasks) by file name."""
+    if project_dir is None:
+        return
+    for path in sorted((project_dir / "recipes").glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        module_name = f"dsas_recipes_{path.stem}"
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            collection = getattr(module, "ns", None) or Collection.from_module(module)
+            namespace.add_collection(collection, name=path.stem.replace("_", "-"))
+        except Exception as exc:  # a broken recipe must not break `dsas deploy`
+            print(f"dsas: warning: recipes/{path.name} not loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def _project_dir() -> Optional[Path]:
+    from .config.load import find_project_dir
+    from .errors import DsasError
+
+    try:
+        return find_project_dir()
+    except DsasError:
+        return None
+
+
+def make_program() -> DsasProgram:
+    namespace = builtin_collection()
+    load_project_recipes(namespace, _project_dir())
+    return DsasProgram(name="dsas", binary="dsas", version=__version__, namespace=namespace)
+
+
+def _terminate_as_interrupt(signum, frame) -> None:
+    # SIGTERM (CI cancelling a job) takes the same way back as Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[list] = None) -> None:
+    """Console entry point."""
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    make_program().run(argv)

@@ -1,0 +1,75 @@
+"""Rules that span keys, checked after the shapes are valid. Pure."""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Iterator
+
+from .messages import did_you_mean
+from .schema import BUILTIN_ROLES, StageSpec
+
+Problem = tuple[tuple, str]
+
+
+def check_rules(spec: StageSpec) -> list[Problem]:
+    """(key path, message) for every cross-key problem of a merged stage."""
+    return [*_paths(spec), *_roles(spec), *_hosts(spec)]
+
+
+def _paths(spec: StageSpec) -> Iterator[Problem]:
+    if not posixpath.isabs(spec.deploy_to):
+        yield ("deploy_to",), f"must be an absolute path, got '{spec.deploy_to}'"
+    for index, host in enumerate(spec.hosts):
+        if host.deploy_to is not None and not posixpath.isabs(host.deploy_to):
+            yield ("hosts", index, "deploy_to"), f"must be an absolute path, got '{host.deploy_to}'"
+    for key in ("linked_files", "linked_dirs"):
+        for index, item in enumerate(getattr(spec, key)):
+            parts = item.split("/")
+            if posixpath.isabs(item) or ".." in parts or not item.strip("/") or item in (".",):
+                yield (key, index), f"must be a path inside the release (relative, no '..'), got '{item}'"
+
+
+def _roles(spec: StageSpec) -> Iterator[Problem]:
+    known = sorted(set(BUILTIN_ROLES) | set(spec.roles))
+
+    def unknown(role: str) -> str:
+        return f"unknown role '{role}'{did_you_mean(role, known)} (known roles: {', '.join(known)})"
+
+    for index, host in enumerate(spec.hosts):
+        for r_index, role in enumerate(host.roles):
+            if role not in known:
+                yield ("hosts", index, "roles", r_index), unknown(role)
+        if len(set(host.roles)) != len(host.roles):
+            yield ("hosts", index, "roles"), "lists a role twice"
+        if isinstance(host.primary, list):
+            for p_index, role in enumerate(host.primary):
+                if role not in host.roles:
+                    yield ("hosts", index, "primary", p_index), f"'{role}' is not one of this host's roles ({', '.join(host.roles)})"
+    for role in spec.restart:
+        if role not in known:
+            yield ("restart", role), unknown(role)
+    for hook_name in type(spec.hooks).model_fields:
+        for index, hook in enumerate(getattr(spec.hooks, hook_name)):
+            for r_index, role in enumerate(hook.roles or []):
+                if role not in known:
+                    yield ("hooks", hook_name, index, "roles", r_index), unknown(role)
+
+
+def _hosts(spec: StageSpec) -> Iterator[Problem]:
+    names: dict[str, int] = {}
+    endpoints: dict[tuple, int] = {}
+    primaries: dict[str, int] = {}
+    for index, host in enumerate(spec.hosts):
+        if host.name in names:
+            yield ("hosts", index, "name"), f"duplicate host '{host.name}' (also hosts[{names[host.name]}])"
+        names.setdefault(host.name, index)
+        endpoint = (host.address, host.port or spec.ssh.port)
+        if endpoint in endpoints:
+            yield ("hosts", index, "address"), (
+                f"duplicate host {endpoint[0]}:{endpoint[1]} (also hosts[{endpoints[endpoint]}])")
+        endpoints.setdefault(endpoint, index)
+        for role in (host.roles if host.primary is True else host.primary or []):
+            if role in primaries:
+                yield ("hosts", index, "primary"), (
+                    f"second primary for role '{role}' (hosts[{primaries[role]}] is already primary)")
+            primaries.setdefault(role, index)

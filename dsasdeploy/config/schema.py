@@ -1,0 +1,130 @@
+"""Typed, frozen models of the project file and a stage.
+
+Validation of shapes and types is pydantic's job (strict: YAML already types its
+scalars, so "22" is not a port). Rules that span keys (unknown roles, duplicate
+hosts, one primary per role, absolute paths) live in `rules.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_ROLES: dict[str, bool] = {
+    # role -> receives a release?  Roles are data: a project may add its own or flip these.
+    "web": True,
+    "db": False,
+    "file": False,
+    "lb": False,
+    "memcached": False,
+    "pxe": False,
+}
+
+PHASES = ("prepare", "publish", "finish", "rollback")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RoleSpec(Model):
+    """What a role means: whether its hosts get releases."""
+
+    release: bool = True
+
+
+class Hook(Model):
+    """A command run before or after a phase: on the controller or on hosts of some roles."""
+
+    local: Optional[str] = None
+    remote: Optional[str] = None
+    roles: Optional[list[str]] = None
+    once: bool = False  # remote only: run on one host (the primary of the first role listed)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "Hook":
+        if (self.local is None) == (self.remote is None):
+            raise ValueError("a hook needs exactly one of 'local' or 'remote'")
+        if self.local is not None and (self.roles is not None or self.once):
+            raise ValueError("'roles' and 'once' apply to remote hooks only")
+        return self
+
+
+class Hooks(Model):
+    """Hooks around each phase, run in the order listed."""
+
+    before_prepare: list[Hook] = []
+    after_prepare: list[Hook] = []
+    before_publish: list[Hook] = []
+    after_publish: list[Hook] = []
+    before_finish: list[Hook] = []
+    after_finish: list[Hook] = []
+    before_rollback: list[Hook] = []
+    after_rollback: list[Hook] = []
+
+    def for_phase(self, when: str, phase: str) -> list[Hook]:
+        return getattr(self, f"{when}_{phase}")
+
+
+class SshSettings(Model):
+    """How dsas reaches hosts. Only what the stage says counts: no personal ~/.ssh/config."""
+
+    user: Optional[str] = None
+    port: int = Field(default=22, ge=1, le=65535)
+    identity_file: Optional[str] = None
+    known_hosts: Optional[str] = None
+    accept_new_host_keys: bool = False
+    ssh_config: Optional[str] = None
+    gateway: Optional[str] = None
+    connect_timeout: float = Field(default=10, gt=0)
+    command_timeout: float = Field(default=900, gt=0)
+    allow_agent: bool = False
+
+
+class HostSpec(Model):
+    """One host of a stage."""
+
+    name: str = Field(min_length=1)
+    address: str = Field(min_length=1)
+    port: Optional[int] = Field(default=None, ge=1, le=65535)
+    user: Optional[str] = None
+    roles: list[str] = Field(min_length=1)
+    primary: Union[bool, list[str]] = False
+    deploy_to: Optional[str] = None
+
+    @field_validator("primary", mode="before")
+    @classmethod
+    def _primary_shape(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (
+            isinstance(value, list) and all(isinstance(item, str) for item in value)
+        ):
+            return value
+        raise ValueError(f"expected true, false or a list of roles, got {value!r}")
+
+
+class Settings(Model):
+    """The project keys: dsas.yaml, with a stage's overrides merged in."""
+
+    application: str = Field(min_length=1)
+    repo: str = Field(min_length=1)
+    branch: str = "main"
+    deploy_to: str
+    keep_releases: int = Field(default=5, ge=1)
+    linked_files: list[str] = []
+    linked_dirs: list[str] = []
+    roles: dict[str, RoleSpec] = {}
+    restart: dict[str, str] = {}
+    hooks: Hooks = Hooks()
+    ssh: SshSettings = SshSettings()
+    parallelism: int = Field(default=10, ge=1, le=500)
+
+
+class StageSpec(Settings):
+    """A stage file after merging: the project keys plus the hosts."""
+
+    hosts: list[HostSpec] = Field(min_length=1)
+
+
+PROJECT_KEYS = tuple(Settings.model_fields)
+STAGE_KEYS = tuple(StageSpec.model_fields)

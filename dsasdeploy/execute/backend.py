@@ -1,0 +1,149 @@
+"""Run one script per host per phase over SSH; optionally stream a file to its stdin.
+
+The only module (with session.py) that touches SSH. Each `run` is one exec channel,
+i.e. one round trip; the count per host is kept for the summary and the benchmark.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Protocol
+
+from fabric import Connection
+
+from ..commands.base import Marker, as_sh_command, parse_markers, script
+from ..errors import RemoteError
+from ..inventory import Host
+from .session import SessionFactory
+
+STREAM_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one remote script did."""
+
+    host: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def markers(self) -> list[Marker]:
+        return parse_markers(self.stdout)
+
+    def stderr_tail(self, lines: int = 3) -> str:
+        tail = [line.strip() for line in self.stderr.strip().splitlines() if line.strip()]
+        return " | ".join(tail[-lines:])
+
+
+class Backend(Protocol):
+    """What the release flow needs from a transport."""
+
+    exec_counts: Counter
+
+    def connect(self, host: Host) -> None: ...
+
+    def run(self, host: Host, lines: list[str], *, stdin: Optional[Path] = None,
+            strict: bool = True, timeout: Optional[float] = None) -> ExecResult: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SshBackend:
+    """Backend over Fabric Connections, kept open for the whole run."""
+
+    factory: SessionFactory
+    exec_counts: Counter = field(default_factory=Counter)
+    _connections: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def connect(self, host: Host) -> None:
+        """Open (and verify the host key of) the host's connection, once."""
+        with self._lock:
+            if host.name in self._connections:
+                return
+        cxn = self.factory.connect(host)
+        with self._lock:
+            self._connections[host.name] = cxn
+
+    def _connection(self, host: Host) -> Connection:
+        self.connect(host)
+        return self._connections[host.name]
+
+    def run(self, host: Host, lines: list[str], *, stdin: Optional[Path] = None,
+            strict: bool = True, timeout: Optional[float] = None) -> ExecResult:
+        """Run `lines` as one POSIX sh script on `host`; non-zero exit is returned, not raised."""
+        cxn = self._connection(host)
+        with self._lock:
+            self.exec_counts[host.name] += 1
+        command = as_sh_command(script(lines, strict=strict))
+        return exec_channel(cxn, host.name, command, stdin, timeout or self.factory.ssh.command_timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = list(self._connections.values()), {}
+        for cxn in connections:
+            cxn.close()
+        self.factory.close()
+
+
+def exec_channel(cxn: Connection, label: str, command: str, stdin: Optional[Path],
+                 timeout: float) -> ExecResult:
+    """One exec on an open connection: stream stdin, collect output, honour a deadline."""
+    started = time.monotonic()
+    transport = cxn.client.get_transport()
+    if transport is None or not transport.is_active():
+        raise RemoteError(f"{label}: SSH connection lost")
+    try:
+        channel = transport.open_session(timeout=cxn.connect_timeout or 30)
+        channel.exec_command(command)
+    except Exception as exc:  # paramiko raises SSHException, EOFError, OSError here
+        raise RemoteError(f"{label}: could not start the remote script: {exc}") from None
+    stdout, stderr = bytearray(), bytearray()
+    readers = [
+        threading.Thread(target=_drain, args=(channel.recv, stdout), daemon=True),
+        threading.Thread(target=_drain, args=(channel.recv_stderr, stderr), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        if stdin is not None:
+            with open(stdin, "rb") as source:
+                while chunk := source.read(STREAM_CHUNK):
+                    channel.sendall(chunk)
+        channel.shutdown_write()
+    except OSError:
+        pass  # the remote side stopped reading (it failed); its exit status says why
+    deadline = started + timeout
+    while not channel.status_event.wait(0.2):
+        if not transport.is_active():
+            channel.close()
+            raise RemoteError(f"{label}: SSH connection lost while the remote script ran")
+        if time.monotonic() > deadline:
+            channel.close()
+            raise RemoteError(f"{label}: remote script timed out after {timeout:g}s")
+    for reader in readers:
+        reader.join(timeout=5)
+    code = channel.recv_exit_status()
+    channel.close()
+    return ExecResult(label, code, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"),
+                      time.monotonic() - started)
+
+
+def _drain(receive, buffer: bytearray) -> None:
+    try:
+        while data := receive(65536):
+            buffer.extend(data)
+    except OSError:
+        pass

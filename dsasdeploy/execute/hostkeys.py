@@ -1,0 +1,73 @@
+"""Host key verification that Fabric does not do by default.
+
+Fabric's Connection accepts ANY host key (AutoAddPolicy, no known_hosts loaded).
+dsas loads known_hosts ONCE per run into a shared HostKeys and installs a policy
+that every connection consults: a matching key passes, a changed key is refused
+(always), an unknown key is refused unless accepting new keys was asked for.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Optional
+
+import paramiko
+
+from ..errors import HostKeyError
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH's SHA256 fingerprint: 'SHA256:base64-without-padding'."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class PinnedHostKeys(paramiko.MissingHostKeyPolicy):
+    """A MissingHostKeyPolicy backed by one shared known_hosts (parsed once)."""
+
+    def __init__(self, known_hosts: Path, accept_new: bool = False):
+        self.path = known_hosts
+        self.accept_new = accept_new
+        self.keys = paramiko.HostKeys()
+        self.accepted: list[tuple[str, str]] = []  # (name, fingerprint) added this run
+        self._lock = threading.Lock()
+        if known_hosts.is_file():
+            try:
+                self.keys.load(str(known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyError(f"{known_hosts}: cannot read known_hosts: {exc}") from None
+
+    def known(self, name: str) -> Optional[dict]:
+        with self._lock:
+            return self.keys.lookup(name)
+
+    def missing_host_key(self, client, hostname: str, key: paramiko.PKey) -> None:
+        """Called by paramiko for every connection (the clients' own stores stay empty)."""
+        offered = f"{key.get_name()} {fingerprint(key)}"
+        with self._lock:
+            entry = self.keys.lookup(hostname)
+            if entry is not None:
+                pinned = entry.get(key.get_name())
+                if pinned is not None and pinned == key:
+                    return
+                known = ", ".join(f"{k} {fingerprint(v)}" for k, v in entry.items())
+                raise HostKeyError(
+                    f"{hostname}: HOST KEY CHANGED: {self.path} pins {known}, the host offers {offered}; "
+                    f"refusing to connect (possible man-in-the-middle; if the host was reinstalled, "
+                    f"remove its old line from {self.path})"
+                )
+            if not self.accept_new:
+                raise HostKeyError(
+                    f"{hostname}: unknown host key {offered} (not in {self.path}); verify it out of band, "
+                    f"then add it to that file or rerun with --accept-new-host-keys"
+                )
+            self.keys.add(hostname, key.get_name(), key)
+            self.accepted.append((hostname, offered))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            with os.fdopen(fd, "a") as out:
+                out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")

@@ -1,0 +1,125 @@
+"""Fabric Connections built from the stage only, with host keys verified.
+
+What reaches a host is decided by the stage: no ~/.ssh/config, no /etc/fabric.yml,
+no agent unless `ssh.allow_agent`. A stage may name its own ssh_config file.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import paramiko
+from fabric import Config, Connection
+from paramiko.config import SSHConfig
+
+from ..config.schema import SshSettings
+from ..errors import HostKeyError, RemoteError, UsageError
+from ..inventory import Host
+from .hostkeys import PinnedHostKeys
+
+DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+
+
+def resolve_path(value: Optional[str], project_dir: Path) -> Optional[Path]:
+    """~ and relative paths (relative to the project directory)."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (project_dir / path)
+
+
+@dataclass
+class SessionFactory:
+    """Makes one Connection per host for a whole run; all share one host-key policy."""
+
+    ssh: SshSettings
+    project_dir: Path
+    accept_new_host_keys: bool = False
+    policy: PinnedHostKeys = field(init=False)
+    _config: Config = field(init=False)
+    _gateway: Optional[Connection] = field(init=False, default=None)
+    _gateway_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        known = resolve_path(self.ssh.known_hosts or DEFAULT_KNOWN_HOSTS, self.project_dir)
+        self.policy = PinnedHostKeys(known, accept_new=self.accept_new_host_keys or self.ssh.accept_new_host_keys)
+        ssh_config_path = resolve_path(self.ssh.ssh_config, self.project_dir)
+        if ssh_config_path is not None and not ssh_config_path.is_file():
+            raise UsageError(f"ssh.ssh_config: {ssh_config_path} does not exist")
+        ssh_config = SSHConfig.from_path(str(ssh_config_path)) if ssh_config_path else SSHConfig()
+        # lazy=True: do not read /etc/fabric.yml or ~/.fabric.yml; an explicit SSHConfig
+        # object: do not read ~/.ssh/config or /etc/ssh/ssh_config either.
+        self._config = Config(lazy=True, ssh_config=ssh_config)
+        identity = resolve_path(self.ssh.identity_file, self.project_dir)
+        if identity is not None and not identity.is_file():
+            raise UsageError(f"ssh.identity_file: {identity} does not exist")
+        self._identity = identity
+
+    def _connect_kwargs(self) -> dict:
+        kwargs = {
+            "look_for_keys": False,
+            "allow_agent": self.ssh.allow_agent,
+            "banner_timeout": self.ssh.connect_timeout,
+            "auth_timeout": self.ssh.connect_timeout,
+            "channel_timeout": self.ssh.connect_timeout,
+        }
+        if self._identity is not None:
+            kwargs["key_filename"] = [str(self._identity)]
+        return kwargs
+
+    def _new(self, address: str, port: int, user: str, gateway: Optional[Connection]) -> Connection:
+        cxn = Connection(
+            address, user=user, port=port, config=self._config, gateway=gateway,
+            connect_timeout=self.ssh.connect_timeout, connect_kwargs=self._connect_kwargs(),
+        )
+        # Fabric installed AutoAddPolicy; replace it before the first open().
+        cxn.client.set_missing_host_key_policy(self.policy)
+        return cxn
+
+    def gateway(self) -> Optional[Connection]:
+        """The bastion connection (opened once, shared by every host)."""
+        if not self.ssh.gateway:
+            return None
+        with self._gateway_lock:
+            if self._gateway is None:
+                user, _, rest = self.ssh.gateway.rpartition("@")
+                address, _, port = rest.partition(":")
+                self._gateway = self._new(address, int(port or 22), user or self.ssh.user or "root", None)
+                open_connection(self._gateway, f"gateway {self.ssh.gateway}")
+            return self._gateway
+
+    def connect(self, host: Host) -> Connection:
+        """An open Connection to `host`, or a RemoteError/HostKeyError naming it."""
+        cxn = self._new(host.address, host.port, host.user, self.gateway())
+        open_connection(cxn, host.name)
+        return cxn
+
+    def close(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+
+
+def open_connection(cxn: Connection, label: str) -> None:
+    """Open with every failure turned into one line naming the host."""
+    where = f"{label} ({cxn.user}@{cxn.host}:{cxn.port})"
+    try:
+        cxn.open()
+    except HostKeyError as exc:
+        raise HostKeyError(f"{label}: {exc}") from None
+    except paramiko.BadHostKeyException as exc:
+        raise HostKeyError(f"{where}: host key changed, refusing: {exc}") from None
+    except paramiko.AuthenticationException as exc:
+        raise RemoteError(f"{where}: SSH authentication failed ({exc})") from None
+    except paramiko.ssh_exception.NoValidConnectionsError as exc:
+        reason = "; ".join(sorted({e.strerror or str(e) for e in exc.errors.values()}))
+        raise RemoteError(f"{where}: unreachable: {reason}") from None
+    except (socket.timeout, TimeoutError):
+        raise RemoteError(f"{where}: unreachable: connect timed out") from None
+    except paramiko.SSHException as exc:
+        raise RemoteError(f"{where}: SSH error: {exc}") from None
+    except OSError as exc:
+        raise RemoteError(f"{where}: unreachable: {exc.strerror or exc}") from None

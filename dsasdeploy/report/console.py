@@ -1,0 +1,160 @@
+"""Reporters: JSON lines for CI, plain timestamped lines without a TTY, a live Rich
+view on a terminal. The only module that imports Rich. Reporters decide nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional, TextIO
+
+from .events import Event
+
+
+class JsonReporter:
+    """One JSON object per line on stdout (--json)."""
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        self.stream = stream or sys.stdout
+
+    def emit(self, event: Event) -> None:
+        self.stream.write(json.dumps(event.to_dict(), sort_keys=False) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+def describe(event: Event) -> Optional[str]:
+    """The plain one-line text of an event (None: nothing worth a line)."""
+    d = event.data
+    host = f"{event.host}: " if event.host else ""
+    if event.type == "run_started":
+        rev = f" revision {d['revision'][:12]} ({d.get('ref')})" if d.get("revision") else ""
+        return f"{d.get('command')} {event.stage}{rev} on {len(d.get('hosts', []))} host(s): {', '.join(d.get('hosts', []))}"
+    if event.type == "host_connected":
+        return f"{host}connected ({d.get('seconds', 0):.2f}s)"
+    if event.type == "lock":
+        extra = f" by {event.message}" if event.message else ""
+        return f"{host}lock {event.status}{extra}"
+    if event.type == "phase_started":
+        return f"{event.phase}: started on {len(d.get('hosts', []))} host(s)"
+    if event.type == "host_phase":
+        step = f" at {d['step']}" if event.status == "failed" and d.get("step") else ""
+        msg = f": {event.message}" if event.message else ""
+        return f"{host}{event.phase} {event.status}{step} ({d.get('seconds', 0):.2f}s){msg}"
+    if event.type == "phase_finished":
+        return f"{event.phase}: {event.status} ({d.get('seconds', 0):.2f}s)"
+    if event.type == "hook":
+        msg = f": {event.message}" if event.message else ""
+        return f"{host}hook {d.get('name')} ({d.get('where')}) {event.status}{msg}"
+    if event.type == "script":
+        return f"--- {event.host}: {event.phase} (would run) ---\n{d.get('script', '').rstrip()}"
+    if event.type == "host_state":
+        return f"{host}{format_state(d)}"
+    if event.type == "warning":
+        return f"{host}WARNING: {event.message}"
+    if event.type == "summary":
+        line = f"{event.status.upper() if event.status else 'DONE'}: {event.message or ''}".rstrip(": ")
+        trips = d.get("round_trips") or {}
+        if trips:
+            line += f" [ssh round trips per host: max {max(trips.values())}]"
+        return line
+    return f"{host}{event.type} {event.message or ''}".rstrip()
+
+
+def format_state(d: dict) -> str:
+    """One host's state (releases / check) as text."""
+    parts = []
+    if "checks" in d:
+        parts.append(", ".join(f"{name} {'ok' if ok else 'FAIL'}{(' (' + note + ')') if note else ''}"
+                               for name, ok, note in d["checks"]))
+    if "releases" in d:
+        lines = []
+        for rel in d["releases"]:
+            flags = [f for f, on in (("current", rel.get("current")), ("failed", rel.get("failed"))) if on]
+            lines.append(f"    {rel['id']}  {rel.get('revision', '')[:12]:12}  {' '.join(flags)}".rstrip())
+        parts.append("releases:" + ("\n" + "\n".join(lines) if lines else " none"))
+    return "; ".join(parts) if "checks" in d else "\n".join(parts)
+
+
+class PlainReporter:
+    """Timestamped lines, for logs and CI without --json."""
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        self.stream = stream or sys.stdout
+
+    def emit(self, event: Event) -> None:
+        text = describe(event)
+        if text is None:
+            return
+        first, *rest = text.split("\n")
+        self.stream.write(f"{event.time} {first}\n" + "".join(f"{line}\n" for line in rest))
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class RichReporter:
+    """A live table of every host (phase, status, step, time) on a terminal."""
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console(file=stream or sys.stdout)
+        self.rows: dict[str, dict] = {}
+        self.live = Live(self._table(), console=self.console, refresh_per_second=8, transient=False)
+        self.started = False
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table(title="dsas", expand=False)
+        for column in ("host", "phase", "status", "step", "time"):
+            table.add_column(column)
+        styles = {"ok": "green", "failed": "bold red", "running": "yellow", "skipped": "dim"}
+        for host, row in self.rows.items():
+            status = row.get("status", "")
+            table.add_row(host, row.get("phase", ""), f"[{styles.get(status, '')}]{status}[/]" if status else "",
+                          row.get("step", ""), f"{row.get('seconds', 0):.2f}s" if row.get("seconds") else "")
+        return table
+
+    def emit(self, event: Event) -> None:
+        if event.type == "run_started":
+            for host in event.data.get("hosts", []):
+                self.rows.setdefault(host, {"phase": "connect", "status": "running"})
+            if not self.started:
+                self.live.start()
+                self.started = True
+        elif event.type == "phase_started":
+            for host in event.data.get("hosts", []):
+                self.rows.setdefault(host, {}).update(phase=event.phase, status="running", step="", seconds=0)
+        elif event.type == "host_phase" and event.host:
+            self.rows.setdefault(event.host, {}).update(
+                phase=event.phase, status=event.status, step=event.data.get("step", ""),
+                seconds=event.data.get("seconds", 0))
+        elif event.type == "host_connected" and event.host:
+            self.rows.setdefault(event.host, {}).update(phase="connect", status="ok", seconds=event.data.get("seconds"))
+        elif event.type in ("summary", "warning", "script", "host_state", "hook", "lock"):
+            text = describe(event)
+            if text and not (event.type == "lock" and event.status in ("acquired", "released")):
+                self.console.print(text, markup=False, highlight=False)
+        if self.started:
+            self.live.update(self._table())
+
+    def close(self) -> None:
+        if self.started:
+            self.live.update(self._table())
+            self.live.stop()
+            self.started = False
+
+
+def make_reporter(json_mode: bool, stream: Optional[TextIO] = None):
+    """JSON with --json; Rich on a terminal; plain lines otherwise (CI, pipes)."""
+    stream = stream or sys.stdout
+    if json_mode:
+        return JsonReporter(stream)
+    if stream.isatty():
+        return RichReporter(stream)
+    return PlainReporter(stream)

@@ -1,0 +1,144 @@
+"""What every dsas command shares: options, config loading, reporter, summary, exit code.
+
+Tasks only wire arguments: they load the stage, pick hosts and call the flow.
+One place (here) turns a DsasError into its exit code and a final summary event.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from invoke import Exit
+
+from ..config.load import find_project_dir, load_stage
+from ..errors import DsasError, UsageError
+from ..execute.backend import SshBackend
+from ..execute.flow import FlowResult, ReleaseFlow
+from ..execute.session import SessionFactory
+from ..inventory import Host, Stage, select_hosts, split_list
+from ..report.console import make_reporter
+from ..report.events import EventBus
+from ..status import ExitStatus
+
+COMMON_HELP = {
+    "stage": "Stage to act on: the name of a file in stages/ (e.g. production).",
+    "hosts": "Only these hosts: comma-separated names or addresses, globs allowed (web*).",
+    "roles": "Only hosts with these roles: comma-separated, globs allowed.",
+    "dry-run": "Run the read-only probes for real, print each host's exact scripts, change nothing.",
+    "yes": "Answer yes to confirmations (needed without a terminal, e.g. in CI).",
+    "json": "Print one JSON event per line on stdout (schema: docs/events.md).",
+    "report": "Write a final JSON summary to this file (for CI artifacts).",
+    "lock-wait": "Seconds to wait for another deploy's lock before giving up (exit 3).",
+    "accept-new-host-keys": "Trust and record host keys not yet in known_hosts (a CHANGED key is always refused).",
+    "revision": "Branch, tag or commit to deploy (default: the stage's branch).",
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options common to remote commands."""
+
+    hosts: Optional[str] = None
+    roles: Optional[str] = None
+    dry_run: bool = False
+    yes: bool = False
+    json: bool = False
+    report: Optional[str] = None
+    lock_wait: int = 0
+    accept_new_host_keys: bool = False
+
+
+def interactive() -> bool:
+    """A person at a terminal (not CI, not a pipe)."""
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    return sys.stdin.isatty() and sys.stdout.isatty() and not ci
+
+
+def confirmer(options: Options, reporter) -> Callable[[str], bool]:
+    """Ask on a terminal; without one, only --yes says yes (never a hanging prompt)."""
+    def confirm(question: str) -> bool:
+        if options.yes:
+            return True
+        if not interactive():
+            raise UsageError(f"{question} -- needs confirmation: pass --yes (no terminal to ask on)")
+        suspend = getattr(reporter, "close", None)
+        if suspend:
+            suspend()
+        answer = input(f"{question} [y/N] ").strip().lower()
+        return answer in ("y", "yes")
+    return confirm
+
+
+def load(stage_name: str) -> Stage:
+    return load_stage(stage_name, find_project_dir())
+
+
+def run_remote(command: str, stage_name: str, options: Options,
+               body: Callable[[ReleaseFlow, Stage, Callable[[str], bool]], FlowResult],
+               release_hosts_only: bool = True) -> None:
+    """Load, select hosts, run `body` with a flow; summary + report + exit code always."""
+    reporter = make_reporter(options.json)
+    bus = EventBus(stage_name, reporter)
+    backend = None
+    flow: Optional[ReleaseFlow] = None
+    result = FlowResult(ExitStatus.NEEDS_HUMAN, "internal error")
+    try:
+        stage = load(stage_name)
+        hosts = select_hosts(stage, split_list(options.hosts), split_list(options.roles))
+        if release_hosts_only:
+            hosts = stage.release_hosts(hosts)
+            if not hosts:
+                raise UsageError(f"no selected host of stage '{stage_name}' has a role that receives releases")
+        backend = SshBackend(SessionFactory(stage.settings.ssh, stage.project_dir, options.accept_new_host_keys))
+        flow = ReleaseFlow(stage, hosts, backend, bus)
+        result = body(flow, stage, confirmer(options, reporter))
+    except DsasError as exc:
+        result = FlowResult(exc.exit_status, str(exc))
+    except KeyboardInterrupt:
+        result = FlowResult(ExitStatus.FAILED_ROLLED_BACK, "interrupted")
+    finally:
+        if backend is not None:
+            backend.close()
+        summary = _summary(command, result, flow, backend)
+        bus.emit("summary", status="ok" if result.status == 0 else "failed", message=result.message, **summary)
+        bus.close()
+        if options.report:
+            _write_report(Path(options.report), stage_name, command, result, summary)
+    if result.status != ExitStatus.OK:
+        raise Exit(_prefixed(result.message), code=int(result.status))
+
+
+def _prefixed(message: str) -> str:
+    return "\n".join(f"dsas: error: {line}" for line in message.splitlines())
+
+
+def _summary(command: str, result: FlowResult, flow: Optional[ReleaseFlow], backend) -> dict:
+    data = {"command": command, "exit_code": int(result.status), "release": result.release,
+            "revision": result.revision, "ref": result.ref}
+    if flow is not None:
+        data["hosts"] = {name: {k: v for k, v in vars(rec).items() if v not in (None, {}, "")}
+                         for name, rec in flow.records.items()}
+    if backend is not None:
+        data["round_trips"] = dict(backend.exec_counts)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _write_report(path: Path, stage: str, command: str, result: FlowResult, summary: dict) -> None:
+    report = {"schema": 1, "stage": stage, "status": "ok" if result.status == 0 else "failed",
+              "message": result.message, **summary}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(jsonlib.dumps(report, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"dsas: warning: could not write report {path}: {exc.strerror}", file=sys.stderr)
+
+
+def one_host_list(hosts: tuple[Host, ...]) -> list[str]:
+    return [h.name for h in hosts]

@@ -1,0 +1,125 @@
+"""Built-in tasks: deploy, rollback, releases, check, unlock, config."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+
+from invoke import Exit, task
+
+from ..config.load import stage_as_dict
+from ..config.source import plain
+from ..errors import DsasError
+from ..scm import build_archive, open_repository, resolve
+from .common import COMMON_HELP, Options, load, run_remote
+
+_REMOTE = ["hosts", "roles", "yes", "json", "report", "accept-new-host-keys"]
+
+
+def _help(*names: str) -> dict:
+    return {name: COMMON_HELP[name] for name in ("stage", *names)}
+
+
+@task(positional=["stage"], auto_shortflags=False,
+      help=_help("revision", *_REMOTE, "dry-run", "lock-wait"))
+def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=False, json=False,
+           report=None, lock_wait=0, accept_new_host_keys=False):
+    """Ship a git revision to every host of STAGE as a new release.
+
+    Builds one archive of the revision locally, takes the stage lock, prepares the
+    release on every host, then switches them all. If any host fails before the
+    switch, no host is switched; after it, every host goes back.
+    Example: dsas deploy production --revision v1.4.2
+    """
+    options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
+
+    def body(flow, stage_obj, confirm):
+        settings = stage_obj.settings
+        repo = open_repository(settings.repo, stage_obj.project_dir)
+        ref = revision or settings.branch
+        rev = resolve(repo, ref)
+        archive = build_archive(repo, rev, settings.application)
+        flow.bus.emit("run_started", command="deploy", hosts=[h.name for h in flow.hosts], revision=rev.sha,
+                      ref=ref, dry_run=dry_run, archive_bytes=archive.stat().st_size)
+        return flow.deploy(rev.sha, ref, archive, lock_wait, dry_run)
+
+    run_remote("deploy", stage, options, body)
+
+
+@task(positional=["stage"], auto_shortflags=False,
+      help={**_help(*_REMOTE, "dry-run", "lock-wait"),
+            "to": "Release id to roll back to (default: the newest good release before the current one)."})
+def rollback(c, stage, to=None, hosts=None, roles=None, dry_run=False, yes=False, json=False,
+             report=None, lock_wait=0, accept_new_host_keys=False):
+    """Switch every host of STAGE back to an earlier release and restart it.
+
+    Never picks a release marked failed. Asks for confirmation on a terminal; in CI pass --yes.
+    Example: dsas rollback production --to 20261127100203 --yes
+    """
+    options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
+
+    def body(flow, stage_obj, confirm):
+        flow.bus.emit("run_started", command="rollback", hosts=[h.name for h in flow.hosts], to=to)
+        if not dry_run and not confirm(f"roll back stage '{stage}' on {len(flow.hosts)} host(s)"
+                                       + (f" to {to}" if to else " to the previous release")):
+            raise DsasError("rollback cancelled; nothing was changed")
+        return flow.rollback(to, lock_wait, dry_run)
+
+    run_remote("rollback", stage, options, body)
+
+
+@task(positional=["stage"], auto_shortflags=False, help=_help(*_REMOTE))
+def releases(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, accept_new_host_keys=False):
+    """List each host's releases, their revisions, which one is current and which failed."""
+    options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
+
+    def body(flow, stage_obj, confirm):
+        flow.bus.emit("run_started", command="releases", hosts=[h.name for h in flow.hosts])
+        return flow.releases()
+
+    run_remote("releases", stage, options, body)
+
+
+@task(positional=["stage"], auto_shortflags=False, help=_help(*_REMOTE))
+def check(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, accept_new_host_keys=False):
+    """Check every host of STAGE: SSH and host key, writable deploy_to, free disk, tar, lock.
+
+    Exit 0 when every host passes, 1 otherwise. Safe to run any time: changes nothing.
+    """
+    options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
+
+    def body(flow, stage_obj, confirm):
+        flow.bus.emit("run_started", command="check", hosts=[h.name for h in flow.hosts])
+        return flow.check()
+
+    run_remote("check", stage, options, body)
+
+
+@task(positional=["stage"], auto_shortflags=False, help=_help(*_REMOTE))
+def unlock(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, accept_new_host_keys=False):
+    """Break STAGE's deploy lock, e.g. one left by a crashed or killed dsas.
+
+    A lock whose owner process is gone (on this controller) is broken at once;
+    any other lock needs confirmation (--yes without a terminal).
+    """
+    options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
+
+    def body(flow, stage_obj, confirm):
+        flow.bus.emit("run_started", command="unlock", hosts=[h.name for h in flow.hosts])
+        return flow.unlock(confirm)
+
+    run_remote("unlock", stage, options, body)
+
+
+@task(positional=["stage"], auto_shortflags=False,
+      help={"stage": COMMON_HELP["stage"], "json": "Print the resolved configuration as JSON."})
+def config(c, stage, json=False):
+    """Validate and print STAGE's resolved configuration (project file + stage file).
+
+    Exit 2 with one line per problem (file:line: key: what is wrong) when invalid.
+    """
+    try:
+        data = stage_as_dict(load(stage))
+    except DsasError as exc:
+        raise Exit("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), code=int(exc.exit_status))
+    sys.stdout.write(jsonlib.dumps(data, indent=2) + "\n" if json else plain(data))
