@@ -9,6 +9,7 @@ at them. Used by the test suite, the benchmark and `dsas devhosts` demos; the la
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -47,6 +48,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _clean_shell_wrapper(argv: list[str]) -> list[str]:
+    """As root, run sshd in a private mount namespace where ~/.bashrc is empty.
+
+    Debian's bash sources ~/.bashrc for every command sshd runs; on a developer box
+    that file may start pyenv & co (0.2 s per command here), which a clean server
+    would not. The host's files are untouched: the bind mount exists only in the
+    namespace. Without root (or unshare) sshd runs as is.
+    """
+    bashrc = Path.home() / ".bashrc"
+    unshare = shutil.which("unshare")
+    if os.geteuid() != 0 or unshare is None or not bashrc.is_file():
+        return argv
+    inner = f"mount --bind /dev/null {shlex.quote(str(bashrc))} && exec {shlex.join(argv)}"
+    return [unshare, "--mount", "--propagation", "private", "sh", "-c", inner]
+
+
 def keygen(path: Path, comment: str) -> None:
     if not path.exists():
         subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True)
@@ -82,7 +99,8 @@ class DevHost:
         config.write_text(SSHD_CONFIG.format(name=self.name, port=self.port, host_key=self.host_key,
                                              pid_file=self.root / "sshd.pid", authorized_keys=authorized_keys))
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation dir
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(_clean_shell_wrapper([SSHD, "-D", "-e", "-f", str(config)]),
+                                        stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=open(self.root / "sshd.log", "ab"))
 
     def wait_ready(self, timeout: float = 10.0) -> None:

@@ -247,7 +247,10 @@ def revert_script(paths: ReleasePaths, ctx: ReleaseContext, restarts: Sequence[t
 
     Strictness is off on purpose: every line is attempted; the markers tell what worked.
     """
-    lines = _exports(ctx, paths) + [f"if ( set -e; {'; '.join(switch_lines(paths, ctx.previous))} ); then :; else " + mark("error", "switch") + "; fi"]
+    serving = ReleaseContext(ctx.stage, ctx.previous or "", "", ctx.previous)  # restarts see the old release
+    lines = _exports(serving, paths) + [f"export DSAS_FAILED_RELEASE={q(ctx.release_id)}"]
+    lines.append(f"if ( set -e; {'; '.join(switch_lines(paths, ctx.previous))} ); then :; else "
+                 + mark("error", "switch") + "; fi")
     if ctx.previous is not None:
         for role, command in restarts:
             lines.append(f"if ( {'; '.join(run_in(paths.current, command, f'restart {role}'))} ); then :; else " + mark("error", f"restart_{role}") + "; fi")

@@ -97,7 +97,10 @@ def load_stage(stage_name: str, project_dir: Optional[Path] = None) -> Stage:
         for error in exc.errors():
             path = tuple(error["loc"])
             unknown = error["type"] == "extra_forbidden"
-            prefix = origins.where(path, key=unknown) if error["type"] != "missing" else origins.where(path[:-1])
+            if error["type"] == "missing":  # the file that should hold it; the line of its parent
+                prefix = origins.document(path).where(path[:-1])
+            else:
+                prefix = origins.where(path, key=unknown)
             problems.append(f"{prefix}: {format_key_path(path)}: {error_message(error, StageSpec)}")
         raise ConfigError(problems) from None
     for path, message in check_rules(spec):

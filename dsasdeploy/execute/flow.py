@@ -108,6 +108,8 @@ class ReleaseFlow:
         self.token = uuid.uuid4().hex
         self.locked: set[str] = set()
         self.records: dict[str, HostRecord] = {h.name: HostRecord() for h in self.hosts}
+        # what this run was about, known even when it fails: release id, revision, ref
+        self.attempt: dict[str, Optional[str]] = {"release": None, "revision": None, "ref": None}
 
     # ---- building blocks -------------------------------------------------------------
 
@@ -249,6 +251,7 @@ class ReleaseFlow:
     def deploy(self, revision: str, ref: str, archive: Path, lock_wait: float, dry_run: bool) -> FlowResult:
         """Ship `archive` (the tree of `revision`) as a new release to every host."""
         settings = self.stage.settings
+        self.attempt.update(revision=revision, ref=ref)
         for hook in unmatched_remote_hooks(self.stage, self.hosts):
             self.bus.emit("warning", message=f"hook {hook} names roles no selected host has; it will not run")
         self.connect_all()
@@ -261,6 +264,7 @@ class ReleaseFlow:
         try:
             self._check_ready(probes, archive.stat().st_size)
             release_id = next_release_id(self.clock(), {r for p in probes.values() for r in p.releases})
+            self.attempt["release"] = release_id
             for host in self.hosts:
                 contexts[host.name] = rel.ReleaseContext(self.stage.name, release_id, revision,
                                                          probes[host.name].current)
@@ -442,6 +446,7 @@ class ReleaseFlow:
             log = [e for p in probes.values() for e in p.log]
             target = rollback_target(common_releases(p.releases for p in probes.values()), newest, log, requested)
             revision = next((p.releases.get(target, "") for p in probes.values()), "")
+            self.attempt.update(release=target, revision=revision)
             contexts = {h.name: rel.ReleaseContext(self.stage.name, target, revision, probes[h.name].current)
                         for h in self.hosts}
             for name, ctx in contexts.items():

@@ -98,9 +98,9 @@ def run_remote(command: str, stage_name: str, options: Options,
         flow = ReleaseFlow(stage, hosts, backend, bus)
         result = body(flow, stage, confirmer(options, reporter))
     except DsasError as exc:
-        result = FlowResult(exc.exit_status, str(exc))
+        result = FlowResult(exc.exit_status, str(exc), **(flow.attempt if flow else {}))
     except KeyboardInterrupt:
-        result = FlowResult(ExitStatus.FAILED_ROLLED_BACK, "interrupted")
+        result = FlowResult(ExitStatus.FAILED_ROLLED_BACK, "interrupted", **(flow.attempt if flow else {}))
     finally:
         if backend is not None:
             backend.close()

@@ -1,0 +1,301 @@
+"""Deploy, rollback, pruning, locks and host keys against real sshd test hosts.
+
+Every test drives the installed CLI as a subprocess (no TTY, CI=true), the way
+users and pipelines do, and checks the hosts' files directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from dsasdeploy.commands.lock import LockOwner
+
+pytestmark = pytest.mark.sshd
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def summary(stdout: str) -> dict:
+    return [e for e in events(stdout) if e["type"] == "summary"][-1]
+
+
+def snapshot(project) -> dict:
+    """Every path under each host's deploy root with its link target / mtime."""
+    state = {}
+    for host in project.hosts.hosts:
+        for root, dirs, files in os.walk(host.deploy_to):
+            for name in dirs + files:
+                path = os.path.join(root, name)
+                state[path] = os.readlink(path) if os.path.islink(path) else os.lstat(path).st_mtime_ns
+    return state
+
+
+def test_deploy_to_three_hosts(project):
+    result = project.run("deploy", "test", "--json")
+    assert result.returncode == 0, result.stderr
+    done = summary(result.stdout)
+    release = done["release"]
+    assert done["status"] == "ok" and done["revision"] == project.shas["v2"]
+    assert all(count <= 4 for count in done["round_trips"].values()), done["round_trips"]
+    for index in range(3):
+        root = project.deploy_root(index)
+        assert project.current(index) == release
+        assert (root / "current" / "REVISION").read_text().strip() == project.shas["v2"]
+        assert (root / "current" / "app.txt").read_text() == "version 2\n"
+        assert (root / "current" / "log").resolve() == (root / "shared" / "log")
+        assert (root / "shared" / "restarts.log").read_text().split() == [release, release]
+        assert project.log(index)[-1].split()[1:3] == ["deployed", f"release={release}"]
+        assert not (root / ".dsas-lock").exists()
+
+
+def test_second_deploy_then_rollback_and_rollback_to(project):
+    first = summary(project.run("deploy", "test", "--revision", "v1", "--json").stdout)["release"]
+    second = summary(project.run("deploy", "test", "--json").stdout)["release"]
+    assert second > first
+    assert [project.current(i) for i in range(3)] == [second] * 3
+    assert (project.deploy_root(0) / "current" / "app.txt").read_text() == "version 2\n"
+
+    result = project.run("rollback", "test", "--yes", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [project.current(i) for i in range(3)] == [first] * 3
+    assert (project.deploy_root(1) / "current" / "app.txt").read_text() == "version 1\n"
+    assert project.log(2)[-1].split()[1] == "rolled_back"
+
+    result = project.run("rollback", "test", "--to", second, "--yes")
+    assert result.returncode == 0, result.stderr
+    assert [project.current(i) for i in range(3)] == [second] * 3
+
+    result = project.run("rollback", "test", "--to", "20000101000000", "--yes")
+    assert result.returncode == 2 and "not on every host" in result.stderr
+
+
+def test_rollback_needs_yes_without_a_terminal(project):
+    project.run("deploy", "test", "--revision", "v1")
+    project.run("deploy", "test")
+    before = [project.current(i) for i in range(3)]
+    result = project.run("rollback", "test")
+    assert result.returncode == 2 and "pass --yes" in result.stderr
+    assert [project.current(i) for i in range(3)] == before
+
+
+def test_pruning_keeps_keep_releases(project):
+    ids = [summary(project.run("deploy", "test", "--json").stdout)["release"] for _ in range(5)]
+    for index in range(3):
+        assert project.releases(index) == ids[-3:]  # keep_releases: 3
+        assert project.current(index) == ids[-1]
+
+
+def test_failed_restart_reverts_every_host_and_marks_release_failed(project):
+    good = summary(project.run("deploy", "test", "--json").stdout)["release"]
+    result = project.run("deploy", "test", "--revision", "broken", "--json")
+    assert result.returncode == 1
+    done = summary(result.stdout)
+    bad = done["release"]
+    assert "restart web" in result.stderr and "app failed to start" in result.stderr
+    assert {h["outcome"] for h in done["hosts"].values()} == {"reverted"}
+    for index in range(3):
+        assert project.current(index) == good
+        failed_line = project.log(index)[-1].split()
+        assert failed_line[1] == "failed"
+        assert not (project.deploy_root(index) / ".dsas-lock").exists()
+        # the good release was restarted again after the revert
+        assert project.deploy_root(index).joinpath("shared/restarts.log").read_text().split()[-2:] == [good, good]
+    # rollback never picks the failed release; there is no earlier good one here
+    result = project.run("rollback", "test", "--yes")
+    assert result.returncode == 2 and "no earlier good release" in result.stderr
+    assert bad > good and f"release={bad}" in " ".join(project.log(0))
+
+
+def test_failure_preparing_one_host_leaves_every_host_on_the_old_release(project):
+    project.write("dsas.yaml", (project.dir / "dsas.yaml").read_text()
+                  + "hooks:\n  after_prepare:\n    - remote: test ! -e \"$DSAS_DEPLOY_TO/shared/fail-here\"\n")
+    good = summary(project.run("deploy", "test", "--json").stdout)["release"]
+    (project.deploy_root(1) / "shared" / "fail-here").write_text("")
+    before = snapshot(project)
+    result = project.run("deploy", "test", "--json")
+    assert result.returncode == 1
+    assert "web2: prepare failed at step 'hook after_prepare[0]'" in result.stderr
+    assert [project.current(i) for i in range(3)] == [good] * 3
+    assert [project.releases(i) for i in range(3)] == [[good]] * 3  # new release removed everywhere
+    after = snapshot(project)
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    assert all("shared/restarts.log" not in p for p in changed)  # nothing restarted
+    assert not any(".dsas-lock" in p for p in after)
+
+
+def test_missing_linked_file_is_refused_before_any_change(project):
+    project.write("dsas.yaml", (project.dir / "dsas.yaml").read_text() + "linked_files: [config/db.yml]\n")
+    for index in (0, 2):
+        path = project.deploy_root(index) / "shared" / "config"
+        path.mkdir(parents=True)
+        (path / "db.yml").write_text("x")
+    result = project.run("deploy", "test")
+    assert result.returncode == 1
+    assert "web2: missing linked file(s)" in result.stderr and "config/db.yml" in result.stderr
+    assert all(project.releases(i) == [] for i in range(3))
+    assert all(not (project.deploy_root(i) / ".dsas-lock").exists() for i in range(3))
+
+
+def _hold_lock(project, index: int, pid: int, controller: str | None = None) -> None:
+    lock = project.deploy_root(index) / ".dsas-lock"
+    lock.mkdir(parents=True)
+    owner = LockOwner(token="other", owner="alice@ci-7", controller=controller or socket.gethostname(), pid=pid,
+                      stage="test", since="2026-11-27T10:00:00Z", revision="abcdef1234567890", command="deploy")
+    (lock / "owner").write_text(owner.file_text())
+
+
+def test_concurrent_deploy_is_refused_with_exit_3(project):
+    _hold_lock(project, 2, os.getpid())  # a live process holds it
+    result = project.run("deploy", "test")
+    assert result.returncode == 3
+    assert "locked on web3" in result.stderr and "alice@ci-7" in result.stderr and "abcdef123456" in result.stderr
+    assert all(project.releases(i) == [] for i in range(3))
+    assert not (project.deploy_root(0) / ".dsas-lock").exists()  # ours were given back
+    assert (project.deploy_root(2) / ".dsas-lock").exists()  # theirs untouched
+
+
+def test_two_deploys_at_once_one_wins(project):
+    procs = [subprocess.Popen([*__import__("tests.conftest", fromlist=["DSAS"]).DSAS, "deploy", "test"],
+                              env={**os.environ, "CI": "true"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    codes = sorted(p.wait(timeout=120) for p in procs)
+    assert codes in ([0, 3], [0, 0])  # 0/0 only if the second started after the first finished
+    assert all(len(project.releases(i)) == codes.count(0) for i in range(3))
+
+
+def test_lock_wait_waits_for_the_other_deploy(project):
+    _hold_lock(project, 0, os.getpid())
+    threading.Timer(2.0, lambda: __import__("shutil").rmtree(project.deploy_root(0) / ".dsas-lock")).start()
+    started = time.monotonic()
+    result = project.run("deploy", "test", "--lock-wait", "20")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started >= 2.0
+
+
+def test_stale_lock_is_reported_and_unlock_breaks_it(project):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _hold_lock(project, 1, dead.pid)
+    result = project.run("deploy", "test")
+    assert result.returncode == 3 and "STALE" in result.stderr and "dsas unlock test" in result.stderr
+    result = project.run("unlock", "test")
+    assert result.returncode == 0, result.stderr
+    assert not (project.deploy_root(1) / ".dsas-lock").exists()
+    assert project.run("deploy", "test").returncode == 0
+
+
+def test_unlock_of_a_live_lock_needs_yes(project):
+    _hold_lock(project, 0, os.getpid(), controller="another-controller")
+    result = project.run("unlock", "test")
+    assert result.returncode == 2 and "pass --yes" in result.stderr
+    assert (project.deploy_root(0) / ".dsas-lock").exists()
+    assert project.run("unlock", "test", "--yes").returncode == 0
+    assert not (project.deploy_root(0) / ".dsas-lock").exists()
+
+
+def test_changed_host_key_is_refused_and_nothing_changes(project):
+    project.hosts.hosts[1].regenerate_host_key()  # known_hosts still pins the old key
+    try:
+        result = project.run("deploy", "test", "--accept-new-host-keys")
+        assert result.returncode == 1
+        assert "HOST KEY CHANGED" in result.stderr and "SHA256:" in result.stderr and "web2" in result.stderr
+        assert all(project.releases(i) == [] for i in range(3))
+    finally:
+        project.hosts.write_known_hosts()
+
+
+def test_unknown_host_key_refused_unless_accepted(project):
+    known = project.hosts.known_hosts
+    lines = known.read_text().splitlines(keepends=True)
+    known.write_text("".join(lines[:2]))  # web3 unknown
+    result = project.run("deploy", "test")
+    assert result.returncode == 1 and "unknown host key" in result.stderr and "--accept-new-host-keys" in result.stderr
+    result = project.run("deploy", "test", "--accept-new-host-keys")
+    assert result.returncode == 0, result.stderr
+    assert known.read_text().count("\n") == 3
+
+
+def test_unreachable_host_changes_nothing(project):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    stage = (project.dir / "stages" / "test.yaml").read_text()
+    project.write("stages/test.yaml", stage + f"  - name: web9\n    address: 127.0.0.1\n    port: {port}\n"
+                  "    roles: [web]\n    deploy_to: /nonexistent\n")
+    result = project.run("deploy", "test", "--json")
+    assert result.returncode == 1
+    assert "web9" in result.stderr and "unreachable" in result.stderr
+    assert summary(result.stdout)["exit_code"] == 1
+    assert all(project.releases(i) == [] for i in range(3))
+
+
+def test_dry_run_touches_nothing_and_prints_scripts(project):
+    project.run("deploy", "test", "--revision", "v1")
+    before = snapshot(project)
+    result = project.run("deploy", "test", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(project) == before
+    assert "web2: publish (would run)" in result.stdout and "mv -- " in result.stdout
+    assert "tar -xzf - -C" in result.stdout
+
+
+def test_sigterm_during_prepare_discards_everywhere(project):
+    project.write("dsas.yaml", (project.dir / "dsas.yaml").read_text()
+                  + "hooks:\n  after_prepare:\n    - remote: sleep 3\n")
+    good = summary(project.run("deploy", "test", "--revision", "v1", "--json").stdout)["release"]
+    env = {**os.environ, "CI": "true"}
+    from tests.conftest import DSAS
+
+    proc = subprocess.Popen([*DSAS, "deploy", "test", "--json"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.8)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "interrupted before any switch" in err
+    assert [project.current(i) for i in range(3)] == [good] * 3
+    assert [project.releases(i) for i in range(3)] == [[good]] * 3
+    assert not any((project.deploy_root(i) / ".dsas-lock").exists() for i in range(3))
+
+
+def test_releases_lists_current_and_failed(project):
+    good = summary(project.run("deploy", "test", "--json").stdout)["release"]
+    project.run("deploy", "test", "--revision", "broken")
+    result = project.run("releases", "test", "--json")
+    states = [e for e in events(result.stdout) if e["type"] == "host_state"]
+    assert len(states) == 3
+    rels = states[0]["releases"]
+    assert [r["id"] for r in rels if r["current"]] == [good]
+    assert [r["failed"] for r in rels] == [False, True]
+
+
+def test_check_reports_each_host(project):
+    result = project.run("check", "test", "--json")
+    assert result.returncode == 0, result.stderr
+    states = [e for e in events(result.stdout) if e["type"] == "host_state"]
+    assert {s["status"] for s in states} == {"ok"}
+    _hold_lock(project, 0, os.getpid())
+    result = project.run("check", "test")
+    assert result.returncode == 1 and "lock FAIL (held by alice@ci-7" in result.stdout
+
+
+def test_config_command_and_errors(project):
+    result = project.run("config", "test")
+    assert result.returncode == 0 and "deploy_to:" in result.stdout and "web3" in result.stdout
+    result = project.run("deploy", "tset")
+    assert result.returncode == 2
+    assert "unknown stage 'tset' (did you mean 'test'?) (known stages: test)" in result.stderr
+    assert "Traceback" not in result.stderr
+    project.write("dsas.yaml", (project.dir / "dsas.yaml").read_text() + "keep_relases: 2\n")
+    result = project.run("deploy", "test")
+    assert result.returncode == 2 and "dsas.yaml:" in result.stderr and "did you mean 'keep_releases'" in result.stderr

@@ -1,0 +1,172 @@
+"""Release script builders: exact text where it matters, and real behaviour under sh."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from dsasdeploy.commands import release as rel
+from dsasdeploy.commands.base import parse_markers, script
+from dsasdeploy.commands.lock import LockOwner, acquire_lines, release_lines
+from dsasdeploy.commands.revlog import LogEntry, failed_releases, parse_line
+from dsasdeploy.paths import ReleasePaths, next_release_id
+
+OWNER = LockOwner(token="t0k", owner="ci@runner", controller="runner", pid=4242, stage="production",
+                  since="2026-11-27T10:00:00Z", revision="3f2a" * 10, command="deploy")
+
+
+def sh(lines: list[str], stdin: bytes = b"", strict: bool = True) -> tuple[int, str, str]:
+    done = subprocess.run(["sh", "-c", script(lines, strict=strict)], input=stdin, capture_output=True)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def archive(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_switch_is_a_rename_never_ln_sfn():
+    lines = rel.switch_lines(ReleasePaths("/srv/my app"), "20261127100000")
+    assert "ln -s releases/20261127100000 '/srv/my app/releases/current'" in lines
+    assert "mv -- '/srv/my app/releases/current' '/srv/my app/'" in lines
+    assert not any("ln -sfn" in line or "mv -T" in line for line in lines)
+
+
+def test_switch_replaces_current_atomically_under_sh(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    for rid in ("20260101000000", "20260102000000"):
+        (tmp_path / "releases" / rid).mkdir(parents=True)
+    assert sh(rel.switch_lines(paths, "20260101000000"))[0] == 0
+    assert os.readlink(tmp_path / "current") == "releases/20260101000000"
+    code, out, _ = sh(rel.switch_lines(paths, "20260102000000"))
+    assert code == 0 and "DSAS switched 20260102000000" in out
+    assert os.readlink(tmp_path / "current") == "releases/20260102000000"
+    assert not (tmp_path / "releases" / "current").exists()
+
+
+def test_switch_refuses_a_missing_release(tmp_path):
+    (tmp_path / "releases").mkdir()
+    code, _, err = sh(rel.switch_lines(ReleasePaths(str(tmp_path)), "20260101000000"))
+    assert code == 3 and "release 20260101000000 is missing" in err
+
+
+def test_prepare_unpacks_links_and_writes_revision(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    (tmp_path / "releases").mkdir()
+    (tmp_path / "shared" / "config").mkdir(parents=True)
+    (tmp_path / "shared" / "config" / "db.yml").write_text("secret: x\n")
+    ctx = rel.ReleaseContext("production", "20260101000000", "abc123", None)
+    lines = rel.prepare_script(paths, ctx, ["config/db.yml"], ["log", "tmp/cache"])
+    code, out, err = sh(lines, archive({"app.txt": "hello\n", "log/old.log": "x"}))
+    assert code == 0, err
+    release = tmp_path / "releases" / "20260101000000"
+    assert (release / "app.txt").read_text() == "hello\n"
+    assert (release / "REVISION").read_text() == "abc123\n"
+    assert os.readlink(release / "log") == str(tmp_path / "shared" / "log")
+    assert (release / "tmp" / "cache").is_symlink()
+    assert (release / "config" / "db.yml").read_text() == "secret: x\n"
+    assert "DSAS prepared 20260101000000" in out
+
+
+def test_prepare_failure_removes_the_half_made_release(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    (tmp_path / "releases").mkdir()
+    ctx = rel.ReleaseContext("production", "20260101000000", "abc123", None)
+    code, out, err = sh(rel.prepare_script(paths, ctx, ["config/missing.yml"], []), archive({"a": "b"}))
+    assert code == 3
+    assert "missing linked file" in err
+    assert [m.value for m in parse_markers(out) if m.key == "step"][-1] == "link_file config/missing.yml"
+    assert not (tmp_path / "releases" / "20260101000000").exists()
+
+
+def test_corrupt_archive_fails_and_cleans_up(tmp_path):
+    (tmp_path / "releases").mkdir()
+    ctx = rel.ReleaseContext("p", "20260101000000", "abc", None)
+    code, _, _ = sh(rel.prepare_script(ReleasePaths(str(tmp_path)), ctx, [], []), b"not a tarball")
+    assert code != 0
+    assert list((tmp_path / "releases").iterdir()) == []
+
+
+def test_probe_reports_layout_lock_and_log(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    (tmp_path / "releases" / "20260101000000").mkdir(parents=True)
+    (tmp_path / "releases" / "20260101000000" / "REVISION").write_text("aaa\n")
+    (tmp_path / "releases" / "20260102000000").mkdir()
+    os.symlink("releases/20260101000000", tmp_path / "current")
+    (tmp_path / "revisions.log").write_text(
+        "2026-01-02T00:00:00Z failed release=20260102000000 revision=bbb stage=p by=x@y reason=restart\n")
+    code, out, _ = sh(rel.probe_script(paths, ["config/db.yml"], OWNER, create=True))
+    probe = rel.parse_probe(parse_markers(out))
+    assert code == 0
+    assert probe.current == "20260101000000"
+    assert probe.releases == {"20260101000000": "aaa", "20260102000000": ""}
+    assert probe.missing_linked_files == ("config/db.yml",)
+    assert probe.lock == "acquired" and probe.writable and probe.tar
+    assert failed_releases(probe.log) == {"20260102000000"}
+    # a second run finds the lock held and says by whom
+    second = rel.parse_probe(parse_markers(sh(rel.probe_script(paths, [], OWNER, create=True))[1]))
+    assert second.lock == "held" and second.lock_owner == OWNER
+
+
+def test_dry_probe_creates_nothing(tmp_path):
+    target = tmp_path / "srv" / "app"
+    code, out, _ = sh(rel.probe_script(ReleasePaths(str(target)), [], None, create=False))
+    probe = rel.parse_probe(parse_markers(out))
+    assert code == 0 and not probe.exists and probe.writable and probe.lock == "free"
+    assert not (tmp_path / "srv").exists()
+
+
+def test_lock_release_only_with_our_token(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    sh(acquire_lines(paths, OWNER))
+    sh(release_lines(paths, "someone-else"))
+    assert (tmp_path / ".dsas-lock").is_dir()
+    assert "DSAS lock released" in sh(release_lines(paths, "t0k"))[1]
+    assert not (tmp_path / ".dsas-lock").exists()
+
+
+def test_revert_switches_back_and_logs_failure(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    for rid in ("20260101000000", "20260102000000"):
+        (tmp_path / "releases" / rid).mkdir(parents=True)
+    os.symlink("releases/20260102000000", tmp_path / "current")
+    ctx = rel.ReleaseContext("p", "20260102000000", "bbb", "20260101000000")
+    entry = LogEntry("2026-01-02T00:00:00Z", "failed", {"release": "20260102000000", "reason": "restart web@web2"})
+    code, out, _ = sh(rel.revert_script(paths, ctx, [("web", "pwd -P > ../../restarted")], entry, "t"), strict=False)
+    assert code == 0 and "DSAS reverted 20260101000000" in out
+    assert os.readlink(tmp_path / "current") == "releases/20260101000000"
+    assert (tmp_path / "restarted").read_text().strip().endswith("20260101000000")
+    assert parse_line((tmp_path / "revisions.log").read_text()).fields["reason"] == "restart_web@web2"
+
+
+def test_log_line_round_trip():
+    entry = LogEntry("2026-11-27T10:00:00Z", "deployed", {"release": "20261127100000", "ref": "main", "by": "a@b"})
+    assert entry.line() == "2026-11-27T10:00:00Z deployed release=20261127100000 ref=main by=a@b"
+    assert parse_line(entry.line()) == entry
+    assert parse_line("Branch main (at abc) deployed as release 2026 by bob") is None  # Capistrano's
+
+
+def test_release_id_never_repeats_or_goes_back():
+    now = datetime(2026, 11, 27, 10, 0, 0, tzinfo=timezone.utc)
+    assert next_release_id(now, []) == "20261127100000"
+    assert next_release_id(now, ["20261127100000"]) == "20261127100001"
+    assert next_release_id(now, ["20261127120000"]) == "20261127120001"  # a host clock ahead
+
+
+def test_lock_owner_describe_says_who_and_since():
+    now = datetime(2026, 11, 27, 10, 3, 0, tzinfo=timezone.utc)
+    text = OWNER.describe(now)
+    assert text.startswith("ci@runner (pid 4242 on runner) since 2026-11-27T10:00:00Z (3m ago)")
+    assert "3f2a3f2a3f2a" in text
+    assert LockOwner.from_lines(OWNER.file_text().splitlines()) == OWNER
+    assert LockOwner.from_lines(["token=x"]) is None
