@@ -110,6 +110,7 @@ class ReleaseFlow:
         self.records: dict[str, HostRecord] = {h.name: HostRecord() for h in self.hosts}
         # what this run was about, known even when it fails: release id, revision, ref
         self.attempt: dict[str, Optional[str]] = {"release": None, "revision": None, "ref": None}
+        self.outputs: dict[str, ExecResult] = {}  # each host's result of the latest phase
 
     # ---- building blocks -------------------------------------------------------------
 
@@ -210,6 +211,8 @@ class ReleaseFlow:
         for outcome in run_parallel(hosts, work, self.limit):
             host = outcome.host.name
             value = outcome.value
+            if value is not None:
+                self.outputs[host] = value
             ok = outcome.ok and value.ok
             step = last_step(value.markers) if value is not None else "connect"
             reason = "" if ok else _reason(outcome)

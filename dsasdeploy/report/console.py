@@ -51,6 +51,8 @@ def describe(event: Event) -> Optional[str]:
         return f"--- {event.host}: {event.phase} (would run) ---\n{d.get('script', '').rstrip()}"
     if event.type == "host_state":
         return f"{host}{format_state(d)}"
+    if event.type == "host_output":
+        return f"{host}{event.message or ''}"
     if event.type == "warning":
         return f"{host}WARNING: {event.message}"
     if event.type == "summary":
@@ -136,7 +138,7 @@ class RichReporter:
                 seconds=event.data.get("seconds", 0))
         elif event.type == "host_connected" and event.host:
             self.rows.setdefault(event.host, {}).update(phase="connect", status="ok", seconds=event.data.get("seconds"))
-        elif event.type in ("summary", "warning", "script", "host_state", "hook", "lock"):
+        elif event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock"):
             text = describe(event)
             if text and not (event.type == "lock" and event.status in ("acquired", "released")):
                 self.console.print(text, markup=False, highlight=False)

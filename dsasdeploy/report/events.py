@@ -23,6 +23,7 @@ EVENT_TYPES = (
     "hook",            # phase, name, where: local | host, status, message
     "script",          # dry run: host, phase, script (the exact text that would run)
     "host_state",      # host, data: releases / current / lock / disk (releases, check)
+    "host_output",     # host, message: what a recipe's command printed
     "warning",         # message, host (optional)
     "summary",         # status, exit_code, release, revision, hosts{...}, round_trips{...}
 )

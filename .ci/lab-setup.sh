@@ -1,0 +1,44 @@
+#!/bin/bash
+# Idempotent installer of everything `dsas lab` needs on a fresh Debian 12, as root.
+# Fast (well under a second) when everything is already in place.
+#   - Debian packages: openssh-server (binaries only; its service is kept from starting),
+#     ipvsadm, drbd-utils, kmod, memcached, dnsmasq, iproute2, git, curl, procps, e2fsprogs
+#   - the user-mode-linux kernel and modules: `apt-get download` + `dpkg -x` into a cache dir
+#     ($DSAS_LAB_CACHE, default /var/cache/dsas-lab/uml); nothing is installed system-wide.
+set -eu
+CACHE=${DSAS_LAB_CACHE:-/var/cache/dsas-lab}
+PKGS="openssh-server ipvsadm drbd-utils kmod memcached dnsmasq-base iproute2 git curl procps e2fsprogs util-linux python3"
+BINS="/usr/sbin/sshd /usr/sbin/ipvsadm /usr/sbin/drbdadm /usr/bin/kmod /usr/bin/memcached /usr/sbin/dnsmasq /usr/sbin/ip /usr/bin/git /usr/bin/curl /usr/sbin/mkfs.ext4 /usr/bin/unshare /usr/bin/python3 /usr/bin/setsid"
+
+if [ "$(id -u)" != 0 ]; then
+  echo "lab-setup: must run as root (it installs Debian packages)" >&2; exit 2
+fi
+
+missing=""
+for b in $BINS; do [ -x "$b" ] || missing="$missing $b"; done
+if [ -n "$missing" ]; then
+  echo "lab-setup: installing packages (missing:$missing)"
+  export DEBIAN_FRONTEND=noninteractive
+  # never start host services from package scripts (the lab runs its own sshd/memcached/dnsmasq)
+  restore_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; restore_policy=1
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $PKGS >/dev/null
+  [ $restore_policy = 1 ] && rm -f /usr/sbin/policy-rc.d
+fi
+
+UML=$CACHE/uml
+if [ ! -x "$UML/usr/bin/linux.uml" ]; then
+  echo "lab-setup: fetching user-mode-linux into $UML"
+  mkdir -p "$CACHE/deb"
+  ( cd "$CACHE/deb" && { ls user-mode-linux_*.deb >/dev/null 2>&1 || { apt-get download user-mode-linux 2>/dev/null || { apt-get update -qq && apt-get download user-mode-linux; }; }; } )
+  rm -rf "$UML.tmp"; mkdir -p "$UML.tmp"
+  dpkg -x "$(ls "$CACHE"/deb/user-mode-linux_*.deb | head -1)" "$UML.tmp"
+  rm -rf "$UML"; mv "$UML.tmp" "$UML"
+fi
+# modprobe -d DIR looks in DIR/lib/modules/$(uname -r)
+mkdir -p "$UML/lib"
+[ -L "$UML/lib/modules" ] || ln -sfn ../usr/lib/uml/modules "$UML/lib/modules"
+echo "lab-setup: ok ($UML/usr/bin/linux.uml)"
