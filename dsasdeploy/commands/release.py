@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..paths import ReleasePaths, is_release_id
-from .base import mark, mark_literal, q
+from .base import Marker, mark, mark_literal, q
 from .lock import LockOwner, acquire_lines, release_lines, report_lines
-from .base import Marker
 from .revlog import LogEntry, parse_lines
 
 LOG_TAIL_LINES = 200
@@ -233,6 +232,12 @@ def finish_script(paths: ReleasePaths, log_entry: LogEntry, prune: Sequence[str]
     return lines
 
 
+def log_and_unlock_script(paths: ReleasePaths, log_entry: Optional[LogEntry], lock_token: str) -> list[str]:
+    """Append to revisions.log (if given) and release this run's lock."""
+    lines = [f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}"] if log_entry else []
+    return lines + release_lines(paths, lock_token)
+
+
 def discard_script(paths: ReleasePaths, release_id: Optional[str], lock_token: str) -> list[str]:
     """Undo before any switch: remove the new release dir, release the lock."""
     lines = []
@@ -242,18 +247,20 @@ def discard_script(paths: ReleasePaths, release_id: Optional[str], lock_token: s
 
 
 def revert_script(paths: ReleasePaths, ctx: ReleaseContext, restarts: Sequence[tuple[str, str]],
-                  log_entry: Optional[LogEntry], lock_token: str) -> list[str]:
+                  log_entry: Optional[LogEntry], lock_token: Optional[str]) -> list[str]:
     """Undo after a switch: back to ctx.previous, restart, log the failure, unlock.
 
     Strictness is off on purpose: every line is attempted; the markers tell what worked.
     """
     serving = ReleaseContext(ctx.stage, ctx.previous or "", "", ctx.previous)  # restarts see the old release
-    lines = _exports(serving, paths) + [f"export DSAS_FAILED_RELEASE={q(ctx.release_id)}"]
-    lines.append(f"if ( set -e; {'; '.join(switch_lines(paths, ctx.previous))} ); then :; else "
+    lines = _exports(serving, paths) + [f"export DSAS_FAILED_RELEASE={q(ctx.release_id)}", "rc=0"]
+    lines.append(f"if ( set -e; {'; '.join(switch_lines(paths, ctx.previous))} ); then :; else rc=1; "
                  + mark("error", "switch") + "; fi")
     if ctx.previous is not None:
         for role, command in restarts:
-            lines.append(f"if ( {'; '.join(run_in(paths.current, command, f'restart {role}'))} ); then :; else " + mark("error", f"restart_{role}") + "; fi")
+            lines.append(f"if ( set -e; {'; '.join(run_in(paths.current, command, f'restart {role}'))} ); "
+                         f"then :; else rc=1; " + mark("error", f"restart_{role}") + "; fi")
     if log_entry is not None:
         lines.append(f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}")
-    return lines + release_lines(paths, lock_token) + [mark_literal("reverted", ctx.previous or "-")]
+    unlock = release_lines(paths, lock_token) if lock_token else []
+    return lines + unlock + [mark_literal("reverted", ctx.previous or "-"), 'exit "$rc"']

@@ -21,7 +21,7 @@ from .source import YamlDocument, format_key_path, load_yaml
 
 PROJECT_FILE = "dsas.yaml"
 STAGES_DIR = "stages"
-MERGED_SECTIONS = ("ssh", "roles", "restart", "hooks")  # a stage overrides these key by key
+MERGED_SECTIONS = ("ssh", "roles", "restart", "hooks", "lb", "rollout", "health", "warm")  # a stage overrides these key by key
 
 
 def find_project_dir(start: Optional[Path] = None) -> Path:

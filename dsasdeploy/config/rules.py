@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+import re
 from typing import Iterator
 
 from .messages import did_you_mean
@@ -13,7 +14,24 @@ Problem = tuple[tuple, str]
 
 def check_rules(spec: StageSpec) -> list[Problem]:
     """(key path, message) for every cross-key problem of a merged stage."""
-    return [*_paths(spec), *_roles(spec), *_hosts(spec)]
+    return [*_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec)]
+
+
+def _rollout(spec: StageSpec) -> Iterator[Problem]:
+    for key in ("batch", "max_unavailable"):
+        value = getattr(spec.rollout, key)
+        if isinstance(value, str) and not re.fullmatch(r"[1-9][0-9]?%|100%", value):
+            yield ("rollout", key), f"expected a number of hosts or a percentage like '25%', got '{value}'"
+        if isinstance(value, int) and value < (1 if key == "batch" else 0):
+            yield ("rollout", key), f"must be at least {1 if key == 'batch' else 0}, got {value}"
+    if spec.lb is not None:
+        steps = spec.lb.restore_steps
+        if any(not 1 <= s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
+            yield ("lb", "restore_steps"), f"must rise from 1..100 and end at 100, got {steps}"
+        if spec.lb.keepalived == "maintenance_file" and not spec.lb.maintenance_file:
+            yield ("lb", "maintenance_file"), "is required when lb.keepalived is 'maintenance_file'"
+        if spec.lb.driver == "haproxy" and not spec.lb.haproxy_backend:
+            yield ("lb", "haproxy_backend"), "is required with lb.driver 'haproxy'"
 
 
 def _paths(spec: StageSpec) -> Iterator[Problem]:

@@ -7,7 +7,7 @@ hosts, one primary per role, absolute paths) live in `rules.py`.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -103,6 +103,60 @@ class HostSpec(Model):
         raise ValueError(f"expected true, false or a list of roles, got {value!r}")
 
 
+class LbSettings(Model):
+    """How hosts leave and rejoin the pool during a rolling release."""
+
+    driver: Literal["lvs", "haproxy", "none"] = "none"
+    real_port: int = Field(default=80, ge=1, le=65535)  # the port of each host in the pool
+    drain_timeout: float = Field(default=30, gt=0)
+    on_drain_timeout: Literal["fail", "proceed"] = "fail"
+    poll_interval: float = Field(default=0.5, gt=0)
+    restore_steps: list[int] = Field(default=[100], min_length=1)  # weight ramp, % of original
+    ramp_interval: float = Field(default=2, ge=0)
+    # keepalived owns the pool on the directors: drain through its health check by
+    # creating maintenance_file on the host (needs inhibit_on_failure), or allow raw edits.
+    keepalived: Literal["refuse", "maintenance_file", "raw"] = "refuse"
+    maintenance_file: Optional[str] = None
+    haproxy_socket: str = "/run/haproxy/admin.sock"
+    haproxy_backend: Optional[str] = None
+
+
+class RolloutPolicy(Model):
+    """Batches of a rolling release: canary first, then `batch` hosts at a time."""
+
+    canary: int = Field(default=1, ge=0)
+    batch: Union[int, str] = 1  # n or "n%"
+    max_unavailable: Union[int, str] = 1  # n or "n%" of the pool
+
+
+class HealthCheck(Model):
+    """Gate per switched host, against the host itself (not the VIP)."""
+
+    path: str = "/"
+    port: Optional[int] = Field(default=None, ge=1, le=65535)  # default: lb.real_port
+    scheme: Literal["http", "https"] = "http"
+    host_header: Optional[str] = None
+    expect_status: list[int] = [200]
+    expect_body: Optional[str] = None
+    expect_release: bool = True  # the response must name the new release id
+    timeout: float = Field(default=3, gt=0)
+    interval: float = Field(default=0.5, gt=0)
+    rise: int = Field(default=3, ge=1)
+    deadline: float = Field(default=60, gt=0)
+    via: Literal["direct", "ssh"] = "direct"  # ssh: through the host's SSH connection
+
+
+class WarmGate(Model):
+    """After health, before rejoining: warm the caches and prove it in memcached stats."""
+
+    urls: list[str] = []
+    count: int = Field(default=20, ge=1)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    memcached: list[str] = []  # host:port; default: every host with role memcached, :11211
+    min_hit_ratio: Optional[float] = Field(default=None, ge=0, le=1)
+    min_new_items: int = Field(default=0, ge=0)
+
+
 class Settings(Model):
     """The project keys: dsas.yaml, with a stage's overrides merged in."""
 
@@ -118,6 +172,10 @@ class Settings(Model):
     hooks: Hooks = Hooks()
     ssh: SshSettings = SshSettings()
     parallelism: int = Field(default=10, ge=1, le=500)
+    lb: Optional[LbSettings] = None  # set: deploys roll through the load balancer in batches
+    rollout: RolloutPolicy = RolloutPolicy()
+    health: Optional[HealthCheck] = None
+    warm: Optional[WarmGate] = None
 
 
 class StageSpec(Settings):

@@ -111,6 +111,7 @@ class ReleaseFlow:
         # what this run was about, known even when it fails: release id, revision, ref
         self.attempt: dict[str, Optional[str]] = {"release": None, "revision": None, "ref": None}
         self.outputs: dict[str, ExecResult] = {}  # each host's result of the latest phase
+        self.aux_hosts: tuple[Host, ...] = ()  # hosts the run talks to without releasing (directors)
 
     # ---- building blocks -------------------------------------------------------------
 
@@ -121,14 +122,15 @@ class ReleaseFlow:
             self.backend.connect(host)
             return time.monotonic() - started
 
-        outcomes = run_parallel(self.hosts, connect, self.limit)
+        outcomes = run_parallel(self.hosts + self.aux_hosts, connect, self.limit)
         failures = []
         for outcome in outcomes:
             if outcome.ok:
                 self.bus.emit("host_connected", host=outcome.host.name, seconds=round(outcome.value, 3))
             else:
                 failures.append(_one_line(outcome.error))
-                self.records[outcome.host.name].error = _one_line(outcome.error)
+                if outcome.host.name in self.records:
+                    self.records[outcome.host.name].error = _one_line(outcome.error)
         if failures:
             error = failures[0] if len(failures) == 1 else f"{len(failures)} hosts failed to connect: " + "; ".join(failures)
             kind = type(next(o.error for o in outcomes if not o.ok))
@@ -266,6 +268,7 @@ class ReleaseFlow:
         contexts: dict[str, rel.ReleaseContext] = {}
         try:
             self._check_ready(probes, archive.stat().st_size)
+            self.preflight_pool()
             release_id = next_release_id(self.clock(), {r for p in probes.values() for r in p.releases})
             self.attempt["release"] = release_id
             for host in self.hosts:
@@ -282,11 +285,7 @@ class ReleaseFlow:
             self.run_local_hooks("after", "prepare", env)
             self.run_local_hooks("before", "publish", env)
             switched = True
-            results = self.phase("publish", self.hosts, lambda h: rel.publish_script(
-                h.paths, contexts[h.name], self.stage.restart_commands(h),
-                before=remote_hooks(self.stage, "before", "publish", h, self.hosts),
-                after=remote_hooks(self.stage, "after", "publish", h, self.hosts)))
-            self._raise_on_failure("publish", results)
+            self.publish(contexts)
             self.run_local_hooks("after", "publish", env)
         except BaseException as exc:
             with signals_deferred():
@@ -300,11 +299,34 @@ class ReleaseFlow:
                 raise RemoteError(f"interrupted {where}") from None
             raise
         self._finish(contexts, release_id, revision, ref, probes)
+        self.completed("deployed")
         self.run_local_hooks_quietly("after", "finish", self.hook_env(release_id, revision))
         for record in self.records.values():
             record.outcome, record.release = "deployed", release_id
         return FlowResult(ExitStatus.OK, f"release {release_id} ({revision[:12]}) is live on {len(self.hosts)} host(s)",
                           release=release_id, revision=revision, ref=ref)
+
+    def preflight_pool(self) -> None:
+        """Checks of the pool before anything changes (the rolling flow checks the LB)."""
+
+    def publish(self, contexts: dict[str, rel.ReleaseContext], hook_phase: str = "publish") -> None:
+        """Switch every host to its context's release and restart it, all at once.
+
+        (The rolling flow does it in batches through the load balancer.)
+        """
+        results = self.phase("publish", self.hosts, lambda h: rel.publish_script(
+            h.paths, contexts[h.name], self.stage.restart_commands(h),
+            before=remote_hooks(self.stage, "before", hook_phase, h, self.hosts),
+            after=remote_hooks(self.stage, "after", hook_phase, h, self.hosts)))
+        self._raise_on_failure(hook_phase, results)
+
+    def undo_rollback(self, contexts: dict[str, rel.ReleaseContext]) -> None:
+        """A rollback failed half-way: every host back on what it had before the rollback."""
+        back = {n: rel.ReleaseContext(c.stage, c.release_id, c.revision, c.previous) for n, c in contexts.items()}
+        self._revert_without_mark(back)
+
+    def completed(self, outcome: str) -> None:
+        """Called once the run's changes are final (the rolling flow closes its journal)."""
 
     def _check_ready(self, probes: dict[str, rel.HostProbe], archive_bytes: int) -> None:
         """Refuse before any change: missing shared files, read-only or full disks, no tar."""
@@ -405,6 +427,7 @@ class ReleaseFlow:
         problems = []
         try:
             self._check_ready(probes, archive.stat().st_size)
+            self.preflight_pool()
         except RemoteError as exc:
             problems.append(str(exc))
         entry = self.log_entry("deployed", release=release_id, revision=revision, ref=ref)
@@ -466,6 +489,7 @@ class ReleaseFlow:
                 return FlowResult(ExitStatus.OK, f"dry run: would roll back to {target}; nothing was changed",
                                   release=target, revision=revision)
             env = self.hook_env(target, revision)
+            self.preflight_pool()
             self.run_local_hooks("before", "rollback", env)
         except BaseException:
             if not dry_run:
@@ -473,15 +497,10 @@ class ReleaseFlow:
                     self.release_locks()
             raise
         try:
-            results = self.phase("publish", self.hosts, lambda h: rel.publish_script(
-                h.paths, contexts[h.name], self.stage.restart_commands(h),
-                before=remote_hooks(self.stage, "before", "rollback", h, self.hosts),
-                after=remote_hooks(self.stage, "after", "rollback", h, self.hosts), target=target))
-            self._raise_on_failure("rollback", results)
+            self.publish(contexts, hook_phase="rollback")
         except BaseException as exc:
             with signals_deferred():
-                back = {n: rel.ReleaseContext(c.stage, target, c.revision, c.previous) for n, c in contexts.items()}
-                self._revert_without_mark(back)
+                self.undo_rollback(contexts)
             if isinstance(exc, KeyboardInterrupt):
                 raise RemoteError("rollback interrupted; every host was switched back") from None
             raise
@@ -491,6 +510,7 @@ class ReleaseFlow:
                 self.locked.discard(name)
             else:
                 self.bus.emit("warning", host=name, message=f"rolled back, but logging/unlocking failed: {reason}")
+        self.completed("rolled_back_by_request")
         self.run_local_hooks_quietly("after", "rollback", env)
         for record in self.records.values():
             record.outcome, record.release = "rolled_back", target

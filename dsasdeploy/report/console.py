@@ -51,6 +51,24 @@ def describe(event: Event) -> Optional[str]:
         return f"--- {event.host}: {event.phase} (would run) ---\n{d.get('script', '').rstrip()}"
     if event.type == "host_state":
         return f"{host}{format_state(d)}"
+    if event.type == "batch":
+        return f"{d.get('name')} {event.status}: {', '.join(d.get('hosts', []))}"
+    if event.type == "lb":
+        if event.status == "drain_complete":
+            return f"drained (no active connections) after {d.get('seconds', 0):.1f}s: {', '.join(d.get('hosts', []))}"
+        extra = f" on {', '.join(d['directors'])}" if d.get("directors") else ""
+        if d.get("weights"):
+            extra = " weights " + ", ".join(f"{k}={v}" for k, v in d["weights"].items())
+        return f"{host}{event.status}{extra}"
+    if event.type == "gate":
+        figures = d.get("figures") or {}
+        shown = ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in figures.items())
+        detail = f" ({shown})" if shown else f" ({d.get('attempts', 0)} attempts, {d.get('seconds', 0):.1f}s)"
+        msg = f": {event.message}" if event.message else ""
+        return f"{host}{d.get('name')} gate {event.status}{detail}{msg}"
+    if event.type == "recover":
+        return (f"recovering release {d.get('release')} ({'forward' if d.get('forward') else 'back'}): "
+                f"drained {d.get('drained')}, switched {d.get('switched')}")
     if event.type == "host_output":
         return f"{host}{event.message or ''}"
     if event.type == "warning":
@@ -138,7 +156,8 @@ class RichReporter:
                 seconds=event.data.get("seconds", 0))
         elif event.type == "host_connected" and event.host:
             self.rows.setdefault(event.host, {}).update(phase="connect", status="ok", seconds=event.data.get("seconds"))
-        elif event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock"):
+        elif event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock", "batch",
+                            "lb", "gate", "recover"):
             text = describe(event)
             if text and not (event.type == "lock" and event.status in ("acquired", "released")):
                 self.console.print(text, markup=False, highlight=False)

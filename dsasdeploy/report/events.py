@@ -24,6 +24,10 @@ EVENT_TYPES = (
     "script",          # dry run: host, phase, script (the exact text that would run)
     "host_state",      # host, data: releases / current / lock / disk (releases, check)
     "host_output",     # host, message: what a recipe's command printed
+    "batch",           # status: started | done, name (canary, batch N), hosts, index, of
+    "lb",              # host, status: drained | drain_complete | restored; directors, weights, seconds
+    "gate",            # host, name: health | warm, status: ok | failed, seconds, attempts, figures, release
+    "recover",         # status, release, forward, drained, switched (what the journal said)
     "warning",         # message, host (optional)
     "summary",         # status, exit_code, release, revision, hosts{...}, round_trips{...}
 )

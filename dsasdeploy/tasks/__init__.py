@@ -11,7 +11,7 @@ def builtin_collection() -> Collection:
     """deploy, rollback, releases, check, unlock, config, and `lab` when available."""
     ns = Collection()
     for task in (release.deploy, release.rollback, release.releases, release.check, release.unlock,
-                 release.config):
+                 release.config, release.recover):
         ns.add_task(task)
     try:
         from ..lab.tasks import ns as lab_ns

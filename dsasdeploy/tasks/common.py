@@ -19,6 +19,7 @@ from ..config.load import find_project_dir, load_stage
 from ..errors import DsasError, UsageError
 from ..execute.backend import SshBackend
 from ..execute.flow import FlowResult, ReleaseFlow
+from ..execute.rolling import RollingFlow
 from ..execute.session import SessionFactory
 from ..inventory import Host, Stage, select_hosts, split_list
 from ..report.console import make_reporter
@@ -95,7 +96,8 @@ def run_remote(command: str, stage_name: str, options: Options,
             if not hosts:
                 raise UsageError(f"no selected host of stage '{stage_name}' has a role that receives releases")
         backend = SshBackend(SessionFactory(stage.settings.ssh, stage.project_dir, options.accept_new_host_keys))
-        flow = ReleaseFlow(stage, hosts, backend, bus)
+        flow_class = RollingFlow if stage.settings.lb is not None else ReleaseFlow
+        flow = flow_class(stage, hosts, backend, bus)
         result = body(flow, stage, confirmer(options, reporter))
     except DsasError as exc:
         result = FlowResult(exc.exit_status, str(exc), **(flow.attempt if flow else {}))

@@ -123,3 +123,25 @@ def config(c, stage, json=False):
     except DsasError as exc:
         raise Exit("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), code=int(exc.exit_status))
     sys.stdout.write(jsonlib.dumps(data, indent=2) + "\n" if json else plain(data))
+
+
+@task(positional=["stage"], auto_shortflags=False,
+      help={**_help(*_REMOTE),
+            "forward": "Finish the interrupted release instead of going back to the previous one."})
+def recover(c, stage, forward=False, hosts=None, roles=None, yes=False, json=False, report=None,
+            accept_new_host_keys=False):
+    """Repair an interrupted rolling release of STAGE (dsas was killed or crashed).
+
+    Reads the journal the run left, then puts every drained server back into service
+    with its original weights, every host on the release it had before (or, with
+    --forward, on the new release), and releases the lock. Safe to run twice.
+    """
+    options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
+
+    def body(flow, stage_obj, confirm):
+        flow.bus.emit("run_started", command="recover", hosts=[h.name for h in flow.hosts], forward=forward)
+        if not hasattr(flow, "recover"):
+            raise DsasError(f"stage '{stage}' has no lb section: there is no rolling release to recover")
+        return flow.recover(forward)
+
+    run_remote("recover", stage, options, body)

@@ -170,3 +170,13 @@ def test_lock_owner_describe_says_who_and_since():
     assert "3f2a3f2a3f2a" in text
     assert LockOwner.from_lines(OWNER.file_text().splitlines()) == OWNER
     assert LockOwner.from_lines(["token=x"]) is None
+
+
+def test_revert_reports_a_failed_restart_with_its_exit_code(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    for rid in ("20260101000000", "20260102000000"):
+        (tmp_path / "releases" / rid).mkdir(parents=True)
+    ctx = rel.ReleaseContext("p", "20260102000000", "bbb", "20260101000000")
+    code, out, _ = sh(rel.revert_script(paths, ctx, [("web", "exit 7")], None, None), strict=False)
+    assert code == 1 and "DSAS error restart_web" in out
+    assert os.readlink(tmp_path / "current") == "releases/20260101000000"  # the switch still happened

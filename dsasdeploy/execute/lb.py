@@ -1,0 +1,332 @@
+"""Pool drivers: take hosts out of the load balancer and put them back, on EVERY director.
+
+Each driver turns the pure builders of commands/lb into round trips on the
+directors, verifies what it did by reading the state back, and describes every
+change as a record the journal keeps before the change is made.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Protocol, Sequence
+
+from ..commands.lb import haproxy, lvs
+from ..config.schema import LbSettings
+from ..errors import RemoteError, UsageError
+from ..inventory import Host
+from ..plan.rollout import capacity_refusal, ramp_weights
+from .pool import run_parallel
+
+
+class PoolDriver(Protocol):
+    def preflight(self, hosts: Sequence[Host]) -> None: ...
+
+    def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]: ...
+
+    def drain(self, records: list[dict]) -> None: ...
+
+    def wait_drained(self, batch: Sequence[Host]) -> None: ...
+
+    def restore(self, records: list[dict]) -> None: ...
+
+
+class NullDriver:
+    """lb.driver none: a plain rolling restart, nothing to drain."""
+
+    def preflight(self, hosts):
+        return None
+
+    def plan_drain(self, batch, cap):
+        return []
+
+    def drain(self, records):
+        return None
+
+    def wait_drained(self, batch):
+        return None
+
+    def restore(self, records):
+        return None
+
+
+class LvsDriver:
+    """ipvsadm over SSH on every director (hosts with role lb)."""
+
+    def __init__(self, flow, directors: Sequence[Host], settings: LbSettings):
+        self.flow, self.directors, self.settings = flow, tuple(directors), settings
+        if not self.directors:
+            raise UsageError("lb.driver is 'lvs' but the stage has no host with role 'lb'")
+
+    def rs(self, host: Host) -> str:
+        return f"{host.address}:{self.settings.real_port}"
+
+    def read_all(self) -> dict[str, dict[str, lvs.VirtualService]]:
+        """Every director's table, in one round trip each; any failure is an error."""
+        outcomes = run_parallel(self.directors, lambda d: self.flow.backend.run(d, lvs.read_script()),
+                                self.flow.limit)
+        tables, problems = {}, []
+        for outcome in outcomes:
+            name = outcome.host.name
+            if not outcome.ok or not outcome.value.ok:
+                reason = outcome.error or outcome.value.stderr_tail()
+                problems.append(f"{name}: cannot read the IPVS table: {reason}")
+                continue
+            services, keepalived = lvs.parse_read(outcome.value.stdout)
+            if keepalived and self.settings.keepalived == "refuse":
+                problems.append(f"{name}: keepalived manages IPVS here and would undo a raw ipvsadm edit; set "
+                                f"lb.keepalived to 'maintenance_file' (check-driven drain with inhibit_on_failure) "
+                                f"or 'raw'")
+            tables[name] = services
+        if problems:
+            raise RemoteError("; ".join(problems))
+        return tables
+
+    def memberships(self, tables, host: Host) -> dict[str, list[lvs.VirtualService]]:
+        rs = self.rs(host)
+        return {d: [s for s in services.values() if rs in s.reals] for d, services in tables.items()}
+
+    def preflight(self, hosts: Sequence[Host]) -> None:
+        """Refuse before any change: unknown real servers, drifted directors, hash schedulers."""
+        tables = self.read_all()
+        problems = []
+        for host in hosts:
+            member = self.memberships(tables, host)
+            views = {d: sorted((s.key, s.reals[self.rs(host)].method) for s in services)
+                     for d, services in member.items()}
+            for director, services in member.items():
+                if not services:
+                    problems.append(f"{host.name} ({self.rs(host)}) is not a real server of any virtual service "
+                                    f"on {director}")
+                for service in services:
+                    refusal = service.drain_refusal()
+                    if refusal:
+                        problems.append(f"{director}: {refusal}")
+            if len({tuple(v) for v in views.values()}) > 1:
+                problems.append(f"{host.name}: the directors disagree about {self.rs(host)}: {views}")
+        if problems:
+            raise RemoteError("; ".join(dict.fromkeys(problems)))
+
+    def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]:
+        """Records of the weights to set to 0, read LIVE now; refused by the capacity guard."""
+        tables = self.read_all()
+        batch_rs = [self.rs(h) for h in batch]
+        records, problems = [], []
+        for director, services in tables.items():
+            for service in services.values():
+                targets = [rs for rs in batch_rs if rs in service.reals]
+                if not targets:
+                    continue
+                weights = {rs: real.weight for rs, real in service.reals.items()}
+                refusal = capacity_refusal(f"{service.key} on {director}", weights, targets, cap)
+                if refusal:
+                    problems.append(refusal)
+                for host in batch:
+                    real = service.reals.get(self.rs(host))
+                    if real is not None:
+                        records.append({"host": host.name, "director": director, "service": service.key,
+                                        "real": real.address, "method": real.method, "weight": real.weight,
+                                        "upper": real.upper, "lower": real.lower})
+        if problems:
+            raise RemoteError("capacity guard: " + "; ".join(problems))
+        return records
+
+    def _apply(self, records: list[dict], weight_of) -> None:
+        """Set weights on every director (one round trip each) and verify them."""
+        by_director: dict[str, list[dict]] = {}
+        for record in records:
+            by_director.setdefault(record["director"], []).append(record)
+        directors = [d for d in self.directors if d.name in by_director]
+
+        def edit(director: Host):
+            edits = []
+            for r in by_director[director.name]:
+                proto, address = r["service"].split(" ", 1)
+                service = lvs.VirtualService(proto, address, "")
+                real = lvs.RealServer(r["real"], r["method"], r["weight"], r["upper"], r["lower"])
+                edits.append((service, real, weight_of(r)))
+            return self.flow.backend.run(director, lvs.set_weights_script(edits))
+
+        problems = []
+        for outcome in run_parallel(directors, edit, self.flow.limit):
+            name = outcome.host.name
+            if not outcome.ok or not outcome.value.ok:
+                reason = outcome.error or outcome.value.stderr_tail()
+                problems.append(f"{name}: ipvsadm edit failed: {reason}")
+                continue
+            services, _ = lvs.parse_read(outcome.value.stdout)
+            for r in by_director[name]:
+                real = services.get(r["service"], lvs.VirtualService("", "", "")).reals.get(r["real"])
+                if real is None:
+                    problems.append(f"{name}: {r['real']} vanished from {r['service']}")
+                elif real.weight != weight_of(r) or real.method != r["method"]:
+                    problems.append(f"{name}: {r['real']} in {r['service']} reads {real.method} weight "
+                                    f"{real.weight}, expected {r['method']} weight {weight_of(r)}")
+        if problems:
+            raise RemoteError("; ".join(problems))
+
+    def drain(self, records: list[dict]) -> None:
+        self._apply(records, lambda r: 0)
+        for host in sorted({r["host"] for r in records}):
+            self.flow.bus.emit("lb", host=host, status="drained",
+                               directors=sorted({r["director"] for r in records if r["host"] == host}))
+
+    def wait_drained(self, batch: Sequence[Host]) -> None:
+        """Until ActiveConn is 0 for the batch on every director (InActConn is TIME_WAIT: ignored)."""
+        deadline = time.monotonic() + self.settings.drain_timeout
+        started = time.monotonic()
+        targets = {self.rs(h): h.name for h in batch}
+        while True:
+            active: dict[str, int] = {}
+            for director, services in self.read_all().items():
+                for service in services.values():
+                    for rs, name in targets.items():
+                        real = service.reals.get(rs)
+                        if real is not None and real.active:
+                            active[f"{name}@{director}"] = active.get(f"{name}@{director}", 0) + real.active
+            if not active:
+                self.flow.bus.emit("lb", status="drain_complete", hosts=sorted(targets.values()),
+                                   seconds=round(time.monotonic() - started, 2))
+                return
+            if time.monotonic() >= deadline:
+                left = ", ".join(f"{k}: {v}" for k, v in sorted(active.items()))
+                if self.settings.on_drain_timeout == "proceed":
+                    self.flow.bus.emit("warning", message=f"drain timeout after {self.settings.drain_timeout:g}s; "
+                                       f"proceeding, cutting active connections ({left})")
+                    return
+                raise RemoteError(f"drain did not finish within {self.settings.drain_timeout:g}s; "
+                                  f"active connections: {left}")
+            time.sleep(self.settings.poll_interval)
+
+    def restore(self, records: list[dict]) -> None:
+        """Original weights back (through the ramp steps), verified on every director."""
+        if not records:
+            return
+        ramps = {id(r): ramp_weights(r["weight"], self.settings.restore_steps) for r in records}
+        steps = max(len(v) for v in ramps.values())
+        for step in range(steps):
+            self._apply(records, lambda r: ramps[id(r)][min(step, len(ramps[id(r)]) - 1)])
+            if step < steps - 1:
+                time.sleep(self.settings.ramp_interval)
+        for host in sorted({r["host"] for r in records}):
+            self.flow.bus.emit("lb", host=host, status="restored",
+                               weights={f"{r['director']} {r['service']}": r["weight"] for r in records
+                                        if r["host"] == host})
+
+
+class MaintenanceFileDriver(LvsDriver):
+    """keepalived owns IPVS: drain by creating a maintenance file the host's health check
+    fails on (keepalived with inhibit_on_failure then sets weight 0); watch the directors."""
+
+    def _touch(self, records: list[dict], create: bool) -> None:
+        names = sorted({r["host"] for r in records})
+        hosts = [h for h in self.flow.stage.hosts if h.name in names]
+        path = self.settings.maintenance_file
+        from ..commands.base import q
+
+        line = f"mkdir -p \"$(dirname {q(path)})\" && touch {q(path)}" if create else f"rm -f {q(path)}"
+        for outcome in run_parallel(hosts, lambda h: self.flow.backend.run(h, [line]), self.flow.limit):
+            if not outcome.ok or not outcome.value.ok:
+                raise RemoteError(f"{outcome.host.name}: cannot {'create' if create else 'remove'} {path}")
+
+    def _await(self, records: list[dict], weight_of) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while True:
+            tables = self.read_all()
+            pending = [r for r in records
+                       if tables.get(r["director"], {}).get(r["service"]) is None
+                       or tables[r["director"]][r["service"]].reals.get(r["real"]) is None
+                       or tables[r["director"]][r["service"]].reals[r["real"]].weight != weight_of(r)]
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                raise RemoteError("keepalived did not apply the expected weights within "
+                                  f"{self.settings.drain_timeout:g}s: " +
+                                  ", ".join(f"{r['real']}@{r['director']}" for r in pending))
+            time.sleep(self.settings.poll_interval)
+
+    def drain(self, records: list[dict]) -> None:
+        self._touch(records, True)
+        self._await(records, lambda r: 0)
+
+    def restore(self, records: list[dict]) -> None:
+        if records:
+            self._touch(records, False)
+            self._await(records, lambda r: r["weight"])
+
+
+class HaproxyDriver:
+    """HAProxy runtime API over SSH on every lb host: drain, wait sessions 0, ready."""
+
+    def __init__(self, flow, balancers: Sequence[Host], settings: LbSettings):
+        self.flow, self.balancers, self.settings = flow, tuple(balancers), settings
+        if not self.balancers:
+            raise UsageError("lb.driver is 'haproxy' but the stage has no host with role 'lb'")
+
+    def _api(self, commands: list[str]) -> dict[str, str]:
+        script = haproxy.api_script(self.settings.haproxy_socket, commands)
+        answers, problems = {}, []
+        for outcome in run_parallel(self.balancers, lambda b: self.flow.backend.run(b, script), self.flow.limit):
+            if not outcome.ok or not outcome.value.ok:
+                problems.append(f"{outcome.host.name}: HAProxy runtime API failed: "
+                                f"{outcome.error or outcome.value.stderr_tail()}")
+            else:
+                answers[outcome.host.name] = outcome.value.stdout
+        if problems:
+            raise RemoteError("; ".join(problems))
+        return answers
+
+    def _rows(self) -> dict[str, dict[str, dict[str, str]]]:
+        return {name: haproxy.server_rows(haproxy.parse_show_stat(text), self.settings.haproxy_backend)
+                for name, text in self._api(["show stat"]).items()}
+
+    def preflight(self, hosts: Sequence[Host]) -> None:
+        missing = [f"{h.name}@{b}" for b, rows in self._rows().items() for h in hosts if h.name not in rows]
+        if missing:
+            raise RemoteError(f"not servers of backend {self.settings.haproxy_backend}: {', '.join(missing)}")
+
+    def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]:
+        problems = []
+        for balancer, rows in self._rows().items():
+            weights = {name: 1 if haproxy.in_service(row) else 0 for name, row in rows.items()}
+            refusal = capacity_refusal(f"{self.settings.haproxy_backend} on {balancer}", weights,
+                                       [h.name for h in batch], cap)
+            if refusal:
+                problems.append(refusal)
+        if problems:
+            raise RemoteError("capacity guard: " + "; ".join(problems))
+        return [{"host": h.name, "director": b.name, "service": self.settings.haproxy_backend}
+                for h in batch for b in self.balancers]
+
+    def drain(self, records: list[dict]) -> None:
+        hosts = sorted({r["host"] for r in records})
+        self._api([haproxy.set_state(self.settings.haproxy_backend, h, "drain") for h in hosts])
+
+    def wait_drained(self, batch: Sequence[Host]) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while True:
+            busy = {f"{h.name}@{b}": haproxy.sessions(rows[h.name]) for b, rows in self._rows().items()
+                    for h in batch if h.name in rows and haproxy.sessions(rows[h.name])}
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                if self.settings.on_drain_timeout == "proceed":
+                    return
+                raise RemoteError(f"drain did not finish: sessions {busy}")
+            time.sleep(self.settings.poll_interval)
+
+    def restore(self, records: list[dict]) -> None:
+        hosts = sorted({r["host"] for r in records})
+        if hosts:
+            self._api([haproxy.set_state(self.settings.haproxy_backend, h, "ready") for h in hosts])
+
+
+def make_driver(flow, settings: Optional[LbSettings]) -> PoolDriver:
+    """The driver the stage asks for (no lb section: none)."""
+    if settings is None or settings.driver == "none":
+        return NullDriver()
+    balancers = flow.stage.hosts_with_role("lb")
+    if settings.driver == "haproxy":
+        return HaproxyDriver(flow, balancers, settings)
+    if settings.keepalived == "maintenance_file":
+        return MaintenanceFileDriver(flow, balancers, settings)
+    return LvsDriver(flow, balancers, settings)

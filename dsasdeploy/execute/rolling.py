@@ -1,0 +1,313 @@
+"""Rolling release through the load balancer, batch by batch, with a fleet rollback.
+
+Per batch (canary first): capacity guard on every director -> journal -> drain
+(weight 0) -> wait ActiveConn 0 -> switch + restart -> health gate against each
+host -> warm gate -> restore the original weights -> journal.
+
+A failed step in batch k switches batch k back, checks it, restores it; then
+batches k-1..1 are rolled back the same way (drain, switch back, check, restore).
+Hosts whose old release is not healthy either stay drained and are reported
+(exit 4). Every change is journaled before it is made, so `dsas recover` can
+finish the job after a crash or SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from ..commands import release as rel
+from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError
+from ..inventory import Host
+from ..plan.hooks import remote_hooks
+from ..plan.rollout import max_unavailable, plan_batches
+from ..status import ExitStatus
+from .flow import FlowResult, ReleaseFlow, signals_deferred
+from .gates import direct_opener, health_gate, ssh_opener, warm_gate
+from .journal import Journal, JournalState, journal_path
+from .lb import make_driver
+from .pool import run_parallel
+
+
+@dataclass
+class InFlight:
+    """The batch currently out of the pool (or being taken out)."""
+
+    batch: list[Host]
+    records: list[dict] = field(default_factory=list)
+    switched: bool = False
+
+
+class RollingFlow(ReleaseFlow):
+    """ReleaseFlow whose publish step rolls through the load balancer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        settings = self.stage.settings
+        self.driver = make_driver(self, settings.lb)
+        names = {h.name for h in self.hosts}
+        self.aux_hosts = tuple(h for h in self.stage.hosts_with_role("lb") if h.name not in names)
+        self.journal = Journal(journal_path(self.stage.project_dir, self.stage.name))
+        self.pool_size = len(self.stage.release_hosts())
+        self.cap = max_unavailable(settings.rollout, self.pool_size)
+        self.done: list[list[Host]] = []
+        self.in_flight: Optional[InFlight] = None
+
+    # ---- entry points ------------------------------------------------------------------
+
+    def deploy(self, revision, ref, archive, lock_wait, dry_run):
+        if not dry_run:
+            self.refuse_if_unfinished()
+        else:
+            self.bus.emit("warning", message="dry run: batches would be " + " | ".join(
+                ",".join(h.name for h in b) for b in plan_batches(self.hosts, self.stage.settings.rollout,
+                                                                   self.pool_size)))
+        return super().deploy(revision, ref, archive, lock_wait, dry_run)
+
+    def rollback(self, requested, lock_wait, dry_run):
+        if not dry_run:
+            self.refuse_if_unfinished()
+        return super().rollback(requested, lock_wait, dry_run)
+
+    def refuse_if_unfinished(self) -> None:
+        records = self.journal.unfinished()
+        if records:
+            begin = records[0]
+            raise LockHeld(f"an unfinished rolling release of stage '{self.stage.name}' (release "
+                           f"{begin.get('release')}, pid {begin.get('pid')}, since {begin.get('time', '?')[:19]}) "
+                           f"left the journal {self.journal.path}; run `dsas recover {self.stage.name}` first")
+
+    def preflight_pool(self) -> None:
+        self.driver.preflight(self.hosts)
+        if self.stage.settings.health is None:
+            self.bus.emit("warning", message="no health check configured (health:): hosts rejoin the pool "
+                                             "as soon as their restart command succeeds")
+
+    def undo_rollback(self, contexts: dict[str, rel.ReleaseContext]) -> None:
+        self._revert(contexts, "rollback failed", "", mark=False)
+
+    def publish(self, contexts: dict[str, rel.ReleaseContext], hook_phase: str = "publish") -> None:
+        ctx0 = next(iter(contexts.values()))
+        batches = plan_batches(self.hosts, self.stage.settings.rollout, self.pool_size)
+        self.journal.begin(stage=self.stage.name, release=ctx0.release_id, revision=ctx0.revision,
+                           previous={n: c.previous for n, c in contexts.items()}, token=self.token,
+                           pid=os.getpid(), hosts=[h.name for h in self.hosts],
+                           batches=[[h.name for h in b] for b in batches])
+        for index, batch in enumerate(batches):
+            label = "canary" if index == 0 and self.stage.settings.rollout.canary else f"batch {index + 1}"
+            self.bus.emit("batch", status="started", name=label, hosts=[h.name for h in batch],
+                          index=index + 1, of=len(batches))
+            self.roll_batch(batch, lambda h: contexts[h.name], forward=True, hook_phase=hook_phase)
+            self.done.append(batch)
+            self.bus.emit("batch", status="done", name=label, hosts=[h.name for h in batch])
+
+    def completed(self, outcome: str) -> None:
+        self.journal.end(outcome)
+
+    # ---- one batch ---------------------------------------------------------------------
+
+    def roll_batch(self, batch: list[Host], context_of: Callable[[Host], rel.ReleaseContext],
+                   forward: bool, hook_phase: str = "publish") -> None:
+        """Drain, switch (forward: to the new release; else back), gate, restore."""
+        self.in_flight = InFlight(batch)
+        self.in_flight.records = self.driver.plan_drain(batch, self.cap)
+        for record in self.in_flight.records:
+            self.journal.record("drain", **record)
+        self.driver.drain(self.in_flight.records)
+        self.driver.wait_drained(batch)
+        for host in batch:
+            ctx = context_of(host)
+            self.journal.record("switch" if forward else "switch_back", host=host.name,
+                                release=ctx.release_id if forward else ctx.previous)
+        self.in_flight.switched = True
+        if forward:
+            results = self.phase("publish", batch, lambda h: rel.publish_script(
+                h.paths, context_of(h), self.stage.restart_commands(h),
+                before=remote_hooks(self.stage, "before", hook_phase, h, self.hosts),
+                after=remote_hooks(self.stage, "after", hook_phase, h, self.hosts)))
+            self._raise_on_failure("publish", results)
+        else:
+            self.switch_back(batch, context_of)
+        self.gates(batch, lambda h: context_of(h).release_id if forward else context_of(h).previous,
+                   warm=forward)
+        self.restore(self.in_flight)
+        self.in_flight = None
+
+    def switch_back(self, batch: Sequence[Host], context_of) -> None:
+        results = self.phase("revert", batch, lambda h: rel.revert_script(
+            h.paths, context_of(h), self.stage.restart_commands(h), None, None), strict=False)
+        for host in batch:
+            if results[host.name][0]:
+                self.journal.record("switched_back", host=host.name)
+                self.records[host.name].outcome = "reverted"
+        self._raise_on_failure("revert", results)
+
+    def restore(self, flight: InFlight) -> None:
+        self.driver.restore(flight.records)
+        for host in flight.batch:
+            self.journal.record("restored", host=host.name)
+
+    def gates(self, batch: Sequence[Host], release_of: Callable[[Host], Optional[str]], warm: bool) -> None:
+        """Health (and warm, going forward) per host, against the host itself, in parallel."""
+        settings = self.stage.settings
+        if settings.health is None and (settings.warm is None or not warm):
+            return
+        port = (settings.health.port if settings.health and settings.health.port else None) or \
+            (settings.lb.real_port if settings.lb else 80)
+
+        def opener_for(host: Host):
+            if settings.health is not None and settings.health.via == "ssh":
+                return ssh_opener(self.backend._connection(host))  # noqa: SLF001 - same run's connection
+            return direct_opener
+
+        def check(host: Host) -> Optional[str]:
+            if settings.health is not None:
+                result = health_gate(host.address, settings.health, port, release_of(host), opener_for(host))
+                self.bus.emit("gate", host=host.name, name="health", status="ok" if result.ok else "failed",
+                              seconds=round(result.seconds, 2), attempts=result.attempts,
+                              release=release_of(host), message=result.reason or None)
+                if not result.ok:
+                    return f"{host.name}: health check failed: {result.reason}"
+            if warm and settings.warm is not None:
+                result = warm_gate(host.address, port, settings.warm, self.memcached_servers(), opener_for(host))
+                self.bus.emit("gate", host=host.name, name="warm", status="ok" if result.ok else "failed",
+                              seconds=round(result.seconds, 2), figures=result.figures,
+                              message=result.reason or None)
+                if not result.ok:
+                    return f"{host.name}: warm-up gate failed: {result.reason}"
+            return None
+
+        failures = [o.value if o.ok else f"{o.host.name}: gate error: {o.error}"
+                    for o in run_parallel(batch, check, self.limit)]
+        failures = [f for f in failures if f]
+        if failures:
+            for text in failures:
+                name = text.split(":", 1)[0]
+                if name in self.records:
+                    self.records[name].error = text
+            raise RemoteError("; ".join(failures))
+
+    def memcached_servers(self) -> list[tuple[str, int]]:
+        warm = self.stage.settings.warm
+        if warm is not None and warm.memcached:
+            servers = []
+            for item in warm.memcached:
+                address, _, port = item.rpartition(":")
+                servers.append((address, int(port)) if address else (item, 11211))
+            return servers
+        return [(h.address, 11211) for h in self.stage.hosts_with_role("memcached")]
+
+    # ---- the way back --------------------------------------------------------------------
+
+    def _revert(self, contexts: dict[str, rel.ReleaseContext], reason: str, ref: str, mark: bool = True) -> None:
+        """Whole-rollout rollback: the batch in flight, then the done batches, newest first."""
+        stuck: list[str] = []
+        flight, self.in_flight = self.in_flight, None
+        if flight is not None:
+            stuck += self._undo_in_flight(flight, lambda h: contexts[h.name])
+        for batch in reversed(self.done):
+            try:
+                self.roll_batch(batch, lambda h: contexts[h.name], forward=False)
+            except DsasError as exc:
+                leftover, self.in_flight = self.in_flight, None
+                if leftover is not None:
+                    stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name], already_back=True)
+                stuck.append(f"batch {','.join(h.name for h in batch)}: {exc}")
+        ctx0 = next(iter(contexts.values()))
+        entry = self.log_entry("failed", release=ctx0.release_id, revision=ctx0.revision, ref=ref,
+                               reason=reason[:120])
+        results = self.phase("mark_failed", self.hosts,
+                             lambda h: rel.log_and_unlock_script(h.paths, entry if mark else None, self.token))
+        for name, (ok, _, _) in results.items():
+            if ok:
+                self.locked.discard(name)
+        if stuck:
+            raise IncompleteRestore("; ".join(stuck) + f". The journal {self.journal.path} keeps the original "
+                                    f"weights: fix the hosts, then `dsas recover {self.stage.name}`")
+        self.journal.end("rolled_back")
+
+    def _undo_in_flight(self, flight: InFlight, context_of, already_back: bool = False) -> list[str]:
+        """Put a drained batch back: switch back if switched, check the old release, restore."""
+        healthy = list(flight.batch)
+        stuck = []
+        if flight.switched and not already_back:
+            try:
+                self.switch_back(flight.batch, context_of)
+            except DsasError as exc:
+                return [f"{', '.join(h.name for h in flight.batch)} left OUT of the pool: could not switch back "
+                        f"({exc})"]
+        if flight.switched:
+            try:
+                self.gates(flight.batch, lambda h: context_of(h).previous, warm=False)
+            except DsasError as exc:
+                return [f"{', '.join(h.name for h in flight.batch)} left OUT of the pool (drained): the previous "
+                        f"release is not healthy either: {exc}"]
+        try:
+            self.restore(flight)
+        except DsasError as exc:
+            stuck.append(f"{', '.join(h.name for h in healthy)} may still be drained: restore failed: {exc}")
+        return stuck
+
+    # ---- recover -------------------------------------------------------------------------
+
+    def recover(self, forward: bool) -> FlowResult:
+        """After a crash: every server back in service on one release (the old one by default)."""
+        records = self.journal.unfinished()
+        if not records:
+            return FlowResult(ExitStatus.OK, f"nothing to recover: no unfinished rolling release of '{self.stage.name}'")
+        state = JournalState.replay(records)
+        begin = state.begin
+        release, revision = begin.get("release"), begin.get("revision", "")
+        self.token = begin.get("token", self.token)  # act as the dead run: its lock is ours to release
+        self.attempt.update(release=release, revision=revision)
+        self.connect_all()
+        probes = self.probe_all(None, create=False)
+        contexts = {h.name: rel.ReleaseContext(self.stage.name, release, revision, state.previous.get(h.name))
+                    for h in self.hosts}
+        self.bus.emit("recover", status="started", release=release, forward=forward,
+                      drained=sorted(state.drained), switched=sorted(state.switched))
+
+        def target(host: Host) -> Optional[str]:
+            return release if forward else contexts[host.name].previous
+
+        def needs_change(host: Host) -> bool:
+            return probes[host.name].current != target(host)
+
+        with signals_deferred():
+            stuck: list[str] = []
+            drained = [h for h in self.hosts if h.name in state.drained]
+            if drained:
+                flight = InFlight(drained, [r for h in drained for r in state.drained[h.name]], switched=False)
+                change = [h for h in drained if needs_change(h)]
+                try:
+                    if change:
+                        if forward:
+                            results = self.phase("publish", change, lambda h: rel.publish_script(
+                                h.paths, contexts[h.name], self.stage.restart_commands(h)))
+                            self._raise_on_failure("publish", results)
+                        else:
+                            self.switch_back(change, lambda h: contexts[h.name])
+                    self.gates(drained, target, warm=False)
+                    self.restore(flight)
+                except DsasError as exc:
+                    stuck.append(f"{', '.join(h.name for h in drained)}: {exc}")
+            rest = [h for h in self.hosts if h.name not in state.drained and needs_change(h)]
+            for batch in plan_batches(rest, self.stage.settings.rollout, self.pool_size) if rest else []:
+                try:
+                    self.roll_batch(batch, lambda h: contexts[h.name], forward=forward)
+                except DsasError as exc:
+                    leftover, self.in_flight = self.in_flight, None
+                    if leftover is not None:
+                        stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name])
+                    stuck.append(f"{', '.join(h.name for h in batch)}: {exc}")
+            entry = self.log_entry("deployed" if forward else "failed", release=release, revision=revision,
+                                   reason="" if forward else "recovered_after_crash")
+            self.phase("finish", self.hosts, lambda h: rel.log_and_unlock_script(h.paths, entry, self.token))
+            if stuck:
+                raise IncompleteRestore("; ".join(stuck))
+            self.journal.end("recovered_forward" if forward else "recovered_back")
+        where = f"release {release}" if forward else "the release each host had before"
+        for host in self.hosts:
+            self.records[host.name].outcome, self.records[host.name].release = "recovered", target(host)
+        return FlowResult(ExitStatus.OK, f"recovered: every host in service on {where}", release=target(self.hosts[0]))

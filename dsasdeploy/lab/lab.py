@@ -1,0 +1,553 @@
+"""The lab as a Python API:  Lab(state_dir).up(web=3) / .down() / .status() / .run(host, cmd)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from ..errors import DsasError, UsageError
+from . import guests, hosts, net
+from .app_repo import ensure_app_repo
+from .topology import (APP_PORT, DEPLOY_TO, DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT,
+                       MAX_WEB, MEMCACHED_ADDR, MEMCACHED_PORT, SWITCH_NS, VIP, VIP_PORT,
+                       HostSpec, cache_dir, stage_yaml, state_dir, topology)
+
+
+class LabError(DsasError):
+    """The lab could not be brought up (the message says which part)."""
+
+
+@dataclass
+class HostStatus:
+    name: str
+    kind: str
+    address: str
+    roles: tuple[str, ...]
+    up: bool
+    detail: str = ""
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("dsas lab needs root (network namespaces, bridges, mounts, UML guests): "
+                         "run it as root, e.g. with sudo")
+
+
+def ipvs_rules(web: int) -> str:
+    from .topology import web_address
+    lines = [f"-A -t {VIP}:{VIP_PORT} -s wrr"]
+    lines += [f"-a -t {VIP}:{VIP_PORT} -r {web_address(i)}:{APP_PORT} -m -w 1"
+              for i in range(1, web + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def ssh_banner(addr: str, port: int = 22, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((addr, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class Lab:
+    """One lab, described by its state directory (default /var/lib/dsas-lab or $DSAS_LAB_DIR)."""
+
+    def __init__(self, state: str | None = None, uml_root: str | None = None):
+        self.state = os.path.abspath(state or state_dir())
+        self.uml_root = uml_root or os.path.join(cache_dir(), "uml")
+        self.meta_path = os.path.join(self.state, "lab.json")
+
+    # ---------- paths and facts ----------
+    @property
+    def ssh_key(self) -> str:
+        return os.path.join(self.state, "ssh", "id_ed25519")
+
+    @property
+    def known_hosts(self) -> str:
+        return os.path.join(self.state, "ssh", "known_hosts")
+
+    @property
+    def ssh_config(self) -> str:
+        return os.path.join(self.state, "ssh", "ssh_config")
+
+    @property
+    def app_repo(self) -> str:
+        return os.path.join(self.state, "app")
+
+    vip = VIP
+    vip_port = VIP_PORT
+    app_port = APP_PORT
+    deploy_to = DEPLOY_TO
+    memcached = (MEMCACHED_ADDR, MEMCACHED_PORT)
+    drbd_service = (DRBD_SERVICE_IP, DRBD_SERVICE_PORT)
+
+    def meta(self) -> dict | None:
+        try:
+            with open(self.meta_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _save(self, meta: dict) -> None:
+        tmp = self.meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, self.meta_path)
+
+    @property
+    def web_count(self) -> int:
+        m = self.meta()
+        return m["web"] if m else 0
+
+    def hosts(self) -> list[HostSpec]:
+        return topology(self.web_count or 3)
+
+    def host(self, name: str) -> HostSpec:
+        for h in self.hosts():
+            if h.name == name:
+                return h
+        raise UsageError(f"no lab host named {name!r} (hosts: {', '.join(h.name for h in self.hosts())})")
+
+    def web_hosts(self) -> list[HostSpec]:
+        return [h for h in self.hosts() if "web" in h.roles]
+
+    def stage_file(self) -> str:
+        """Stage file describing the running lab (repo's stages/lab.yaml when web == 3)."""
+        return os.path.join(self.state, "stages", "lab.yaml")
+
+    def host_srv(self, name: str) -> str:
+        """Host-side directory that is /srv inside web/ns host `name`."""
+        return os.path.join(self.state, "hosts", name, "srv")
+
+    def pid(self, key: str) -> int | None:
+        m = self.meta() or {}
+        return m.get("pids", {}).get(key)
+
+    def running(self) -> bool:
+        return self.meta() is not None and SWITCH_NS in net.list_netns()
+
+    # ---------- up ----------
+    def up(self, web: int = 3, timeout: float = 60.0, quiet: bool = True) -> dict:
+        """Build the lab (idempotent: returns at once if it already runs with `web` web hosts).
+
+        Returns {"seconds": float, "already_running": bool, "web": int}."""
+        require_root()
+        if not 1 <= web <= MAX_WEB:
+            raise UsageError(f"--web must be between 1 and {MAX_WEB}, not {web}")
+        linux = os.path.join(self.uml_root, "usr/bin/linux.uml")
+        if not os.access(linux, os.X_OK):
+            raise UsageError(f"user-mode-linux kernel not found at {linux}: run .ci/lab-setup.sh")
+        for tool in ("/usr/sbin/sshd", "/usr/sbin/ipvsadm", "/usr/sbin/drbdadm", "/usr/bin/memcached",
+                     "/usr/sbin/dnsmasq", "/usr/bin/nsenter", "/usr/bin/git"):
+            if not os.access(tool, os.X_OK):
+                raise UsageError(f"{tool} is missing: run .ci/lab-setup.sh")
+        t0 = time.time()
+        m = self.meta()
+        if m is not None:
+            if self.running() and m.get("complete") and m["web"] == web:
+                if self._health_quick():
+                    return {"seconds": 0.0, "already_running": True, "web": web}
+            if self.running() and m.get("complete") and m["web"] != web:
+                raise UsageError(f"the lab is running with {m['web']} web hosts: "
+                                 f"run `dsas lab down` first to change --web")
+        # leftovers (a crashed or half-built lab): clear them first
+        if m is not None or net.lab_netns():
+            self.down()
+        try:
+            self._up(web, timeout)
+        except BaseException:
+            self.down(keep_logs=True)  # the logs stay for a look; the next up/down removes them
+            raise
+        return {"seconds": time.time() - t0, "already_running": False, "web": web}
+
+    def _health_quick(self) -> bool:
+        m = self.meta() or {}
+        return all(guests.alive(p) for p in m.get("pids", {}).values())
+
+    def _up(self, web: int, timeout: float) -> None:
+        st = self.state
+        for d in ("run", "logs", "hosts", "stages", "guests"):
+            os.makedirs(os.path.join(st, d), exist_ok=True)
+        topo = topology(web)
+        meta = {"web": web, "pids": {}, "complete": False, "started": time.time(),
+                "state": st, "uml_root": self.uml_root}
+        self._save(meta)
+        pids = meta["pids"]
+        by = {h.name: h for h in topo}
+        gs = [h for h in topo if h.kind == "guest"]
+        nss = [h for h in topo if h.kind == "ns"]
+
+        # guest host keys first (they boot first); the rest while they boot
+        hosts.write_ssh_files(st, topo, only=[h.name for h in gs])
+        guests.write_guest_files(st, self.uml_root, ipvs_rules(web), "10.77.3.21", "10.77.3.22",
+                                 DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT)
+        # network: switch + root legs + guest taps, then the guests (slowest) first
+        net.switch_up()
+        net.guest_taps(gs)
+        dbs = [h.name for h in gs if "db" in h.roles]
+        guests.make_drbd_disks(st, dbs, by[dbs[0]].disk_mb, "lab data written on drbd-a\n")
+        # the DRBD pair first: its bring-up is the longest path of `up`
+        for h in sorted(gs, key=lambda h: "db" not in h.roles):
+            pids[h.name] = guests.start_guest(h, st, self.uml_root)
+        self._save(meta)
+
+        # files the hosts need, while the guests boot
+        hosts.write_ssh_files(st, topo)
+        hosts.write_boot_files(st, by["boot1"].netns)
+        for h in nss:
+            os.makedirs(self.host_srv(h.name), exist_ok=True)
+            if "web" in h.roles:
+                shared = os.path.join(self.host_srv(h.name), DEPLOY_TO.lstrip("/").split("/", 1)[1], "shared")
+                os.makedirs(shared, exist_ok=True)
+                with open(os.path.join(shared, "memcached.addr"), "w") as f:
+                    f.write(f"{MEMCACHED_ADDR}:{MEMCACHED_PORT}\n")
+        ensure_app_repo(self.app_repo)
+        with open(self.stage_file(), "w") as f:
+            f.write(stage_yaml(web))
+
+        # namespace hosts
+        for h in nss:
+            net.host_netns(h)
+            pids[f"{h.name}.ns"] = hosts.start_holder(h, st)
+        for h in nss:
+            holder = pids[f"{h.name}.ns"]
+            if not hosts.wait_file(os.path.join(st, "run", f"{h.name}.ns"), 10, holder):
+                raise LabError(f"{h.name}: namespace setup failed, see {st}/logs/{h.name}.ns.log")
+            if h.ssh:
+                pids[f"{h.name}.sshd"] = hosts.start_sshd(h, st, holder)
+            if "memcached" in h.roles:
+                pids[f"{h.name}.memcached"] = hosts.start_memcached(h, st, holder, MEMCACHED_ADDR,
+                                                                    MEMCACHED_PORT)
+            if "pxe" in h.roles:
+                pids[f"{h.name}.dnsmasq"] = hosts.start_dnsmasq(h, st, holder)
+        self._save(meta)
+
+        # wait for every sshd (banner), DRBD bring-up, memcached
+        deadline = time.time() + timeout
+        waiting = {h.name: h for h in topo if h.ssh}
+        while waiting and time.time() < deadline:
+            for name, h in list(waiting.items()):
+                if h.kind == "guest" and not guests.alive(pids[name]):
+                    raise LabError(f"{name}: guest died while booting, see {st}/logs/{name}.console")
+            with ThreadPoolExecutor(16) as ex:
+                ok = dict(zip(waiting, ex.map(lambda h: ssh_banner(h.address, 22, 2.0), waiting.values())))
+            for name, good in ok.items():
+                if good:
+                    del waiting[name]
+            if waiting:
+                time.sleep(0.1)
+        if waiting:
+            raise LabError(f"no SSH after {timeout:.0f} s from: {', '.join(waiting)} (logs in {st}/logs)")
+        drbd_marker = os.path.join(st, "run", "drbd-a.drbd")
+        if not hosts.wait_file(drbd_marker, max(5.0, deadline - time.time())):
+            raise LabError(f"DRBD bring-up did not finish, see {st}/logs/drbd-a.drbd.log")
+        with open(drbd_marker) as f:
+            res = f.read().strip()
+        if res != "ok":
+            raise LabError(f"DRBD bring-up failed on drbd-a: {res} (see {st}/logs/drbd-a.drbd.log)")
+        while self.http_get(DRBD_SERVICE_IP, DRBD_SERVICE_PORT, "/hello.txt", timeout=1.0)[0] != 200:
+            if time.time() > deadline:
+                raise LabError(f"the DRBD service on {DRBD_SERVICE_IP}:{DRBD_SERVICE_PORT} does not answer")
+            time.sleep(0.05)
+        meta["complete"] = True
+        meta["up_seconds"] = round(time.time() - meta["started"], 2)
+        self._save(meta)
+
+    # ---------- down ----------
+    def down(self, keep_logs: bool = False) -> dict:
+        """Stop every guest and process (by PID), delete every namespace/veth, remove the state dir.
+
+        Returns {"seconds": float, "removed_state": bool}."""
+        require_root()
+        t0 = time.time()
+        m = self.meta() or {}
+        pids = m.get("pids", {})
+        guest_pids = {k: v for k, v in pids.items() if "." not in k}
+        if guest_pids:
+            guests.stop_guests(self.state, guest_pids)
+        # every process in the lab's namespaces (holders, sshd + sessions, app, memcached,
+        # dnsmasq, UML helpers), plus the PIDs recorded
+        victims = set(v for k, v in pids.items() if "." in k)
+        for ns in net.lab_netns():
+            victims.update(net.netns_pids(ns))
+        victims.discard(os.getpid())
+        self._kill(victims)
+        net.delete_netns(net.lab_netns())
+        removed = self._remove_state(keep_logs)
+        return {"seconds": time.time() - t0, "removed_state": removed}
+
+    @staticmethod
+    def _kill(pids: set[int]) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            live = [p for p in pids if guests.alive(p)]
+            for p in live:
+                try:
+                    os.kill(p, signal.SIGCONT)
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+            t = time.time() + 2.0
+            while time.time() < t and any(guests.alive(p) for p in live):
+                for p in live:
+                    guests.reap(p)
+                time.sleep(0.02)
+        for p in pids:
+            guests.reap(p)
+
+    def _remove_state(self, keep_logs: bool = False) -> bool:
+        st = self.state
+        if not os.path.isdir(st):
+            return False
+        # the lab made everything in here; refuse to rm a directory that is not a lab dir
+        if not (os.path.exists(self.meta_path) or os.path.isdir(os.path.join(st, "run"))
+                or os.path.isdir(os.path.join(st, "ssh"))):
+            return False
+        # a mount below the state dir would be a leftover from a guest: never recurse into it
+        with open("/proc/self/mounts") as f:
+            mounted = [line.split()[1] for line in f if line.split()[1].startswith(st + "/")]
+        if mounted:
+            raise LabError(f"mounts left below {st}: {', '.join(mounted)}")
+        if keep_logs:
+            for entry in os.listdir(st):
+                if entry != "logs":
+                    subprocess.run(["rm", "-rf", "--one-file-system", os.path.join(st, entry)], check=False)
+            return True
+        subprocess.run(["rm", "-rf", "--one-file-system", st], check=False)
+        return True
+
+    # ---------- status / ssh ----------
+    def status(self) -> list[HostStatus]:
+        m = self.meta()
+        if m is None:
+            return []
+        pids = m.get("pids", {})
+        out = []
+        with ThreadPoolExecutor(16) as ex:
+            topo = topology(m["web"])
+            banners = list(ex.map(lambda h: ssh_banner(h.address, 22, 3.0) if h.ssh else None, topo))
+        for h, ssh_ok in zip(topo, banners):
+            if h.kind == "guest":
+                proc = guests.alive(pids.get(h.name, -1))
+                up = proc and bool(ssh_ok)
+                detail = f"UML pid {pids.get(h.name)}" + ("" if proc else " (gone)")
+            else:
+                proc = guests.alive(pids.get(f"{h.name}.ns", -1))
+                up = proc and (ssh_ok if h.ssh else True)
+                detail = "netns " + h.netns
+            if h.ssh and not ssh_ok:
+                detail += ", no SSH"
+            out.append(HostStatus(h.name, h.kind, h.address, h.roles, bool(up), detail))
+        return out
+
+    def ssh_argv(self, host: str, cmd: str | None = None, tty: bool = False) -> list[str]:
+        h = self.host(host)
+        argv = ["ssh", "-F", self.ssh_config]
+        if tty:
+            argv.append("-t")
+        argv.append(h.name)
+        if cmd:
+            argv.append(cmd)
+        return argv
+
+    def run(self, host: str, cmd: str, timeout: float = 30.0, check: bool = True
+            ) -> subprocess.CompletedProcess:
+        """Run `cmd` on lab host `host` over SSH (pinned host key, lab key); return the result."""
+        p = subprocess.run(self.ssh_argv(host, cmd), capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        if check and p.returncode != 0:
+            raise LabError(f"{host}: `{cmd}` exit {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+        return p
+
+    def exec_in(self, host: str, argv: list[str], timeout: float = 30.0, check: bool = False
+                ) -> subprocess.CompletedProcess:
+        """Run argv inside a namespace host (netns + mount ns) without SSH (e.g. 'client')."""
+        h = self.host(host)
+        if h.kind != "ns":
+            raise UsageError(f"{host} is a UML guest: use run()")
+        holder = self.pid(f"{h.name}.ns")
+        return subprocess.run(hosts.nsenter(holder) + argv, capture_output=True, text=True,
+                              timeout=timeout, check=check, stdin=subprocess.DEVNULL)
+
+    def client_get(self, path: str = "/", timeout: float = 3.0, addr: str | None = None,
+                   port: int | None = None) -> tuple[int, dict, str]:
+        """One HTTP GET from the client namespace to the VIP (or addr:port). (status, headers, body)."""
+        url = f"http://{addr or VIP}:{port or VIP_PORT}{path}"
+        p = self.exec_in("client", ["curl", "-s", "-i", "-m", str(timeout), url], timeout=timeout + 5)
+        if p.returncode != 0:
+            return 0, {}, f"curl exit {p.returncode}"
+        head, _, body = p.stdout.replace("\r\n", "\n").partition("\n\n")
+        lines = head.split("\n")
+        code = int(lines[0].split()[1])
+        hdrs = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        return code, hdrs, body
+
+    def client_load(self, n: int = 30, path: str = "/", timeout: float = 3.0) -> dict[str, int]:
+        """n sequential GETs from the client namespace to the VIP -> {host or 'ERROR ...': count}.
+
+        Runs one python process inside the client namespace (bounded count)."""
+        code = (
+            "import socket,sys,collections\n"
+            "c=collections.Counter()\n"
+            f"for _ in range({int(n)}):\n"
+            "  try:\n"
+            f"    s=socket.create_connection(({VIP!r},{VIP_PORT}),timeout={timeout})\n"
+            f"    s.sendall(b'GET {path} HTTP/1.0\\r\\n\\r\\n'); d=b''\n"
+            "    while True:\n"
+            "      x=s.recv(65536)\n"
+            "      if not x: break\n"
+            "      d+=x\n"
+            "    s.close(); h=[l for l in d.split(b'\\r\\n') if l.lower().startswith(b'x-host:')]\n"
+            "    c[h[0].split(b':',1)[1].strip().decode() if h else 'ERROR no X-Host']+=1\n"
+            "  except Exception as e: c['ERROR '+type(e).__name__]+=1\n"
+            "import json; print(json.dumps(c))\n")
+        p = self.exec_in("client", ["python3", "-c", code], timeout=n * (timeout + 1) + 10)
+        return json.loads(p.stdout)
+
+    def place_release(self, host: str, ref: str = "v2", release_id: str = "20240101000000",
+                      restart: bool = True) -> str:
+        """Put `ref` of the sample repo as releases/<release_id> on a web host by hand, switch
+        `current` to it (rename) and run `sh bin/restart` there. Returns the restart output.
+        (What a deploy does, minus everything dsas adds; for lab tests.)"""
+        d = DEPLOY_TO
+        script = (f"set -e; mkdir -p {d}/releases {d}/shared; rm -rf {d}/releases/{release_id}; "
+                  f"mkdir {d}/releases/{release_id}; tar -x -C {d}/releases/{release_id}; "
+                  f"ln -s releases/{release_id} {d}/releases/current; mv {d}/releases/current {d}/; "
+                  + (f"cd {d}/current && sh bin/restart" if restart else "true"))
+        archive = subprocess.run(["git", "-C", self.app_repo, "archive", ref], capture_output=True,
+                                 check=True).stdout
+        p = subprocess.run(self.ssh_argv(host, script), input=archive, capture_output=True, timeout=30)
+        if p.returncode:
+            raise LabError(f"{host}: placing release {ref} failed: {p.stderr.decode().strip()}")
+        return p.stdout.decode()
+
+    def http_get(self, addr: str, port: int = APP_PORT, path: str = "/", timeout: float = 3.0
+                 ) -> tuple[int, dict, str]:
+        """One HTTP GET from the controller (root namespace), no proxies. (status, headers, body);
+        status 0 and the error text as body when the connection fails."""
+        import http.client
+        try:
+            c = http.client.HTTPConnection(addr, port, timeout=timeout)
+            c.request("GET", path)
+            r = c.getresponse()
+            body = r.read().decode(errors="replace")
+            hdrs = {k.lower(): v for k, v in r.getheaders()}
+            c.close()
+            return r.status, hdrs, body
+        except (OSError, http.client.HTTPException) as e:
+            return 0, {}, f"{type(e).__name__}: {e}"
+
+    def wait_app(self, host: str, timeout: float = 15.0, path: str = "/health",
+                 status: int = 200) -> float:
+        """Wait until the web host's app answers `path` with `status`; return seconds waited."""
+        h = self.host(host)
+        t0 = time.time()
+        while True:
+            code, _, body = self.http_get(h.address, APP_PORT, path, timeout=1.0)
+            if code == status:
+                return time.time() - t0
+            if time.time() - t0 > timeout:
+                raise LabError(f"{host}: {path} did not answer {status} within {timeout:.0f} s "
+                               f"(last: {code} {body.strip()[:80]})")
+            time.sleep(0.1)
+
+    def dhcp_discover(self, mac: str = "", timeout: float = 5.0) -> dict:
+        """Send one DHCPDISCOVER from the client namespace's br-boot NIC (eth1; its own MAC
+        unless `mac` is given, then the offer may go to that MAC only); return the offer
+        ({"yiaddr", "server", "file"}) or {} when nothing answered."""
+        p = self.exec_in("client", ["python3", "-c", DHCP_PROBE, mac, str(timeout)],
+                         timeout=timeout + 10)
+        return json.loads(p.stdout or "{}")
+
+    def ipvs(self) -> str:
+        """`ipvsadm -Ln` on the director."""
+        return self.run("lb1", "ipvsadm -Ln").stdout
+
+    def memory(self) -> dict:
+        """Memory of the lab's processes: anonymous RSS of every process in its namespaces
+        (UML guest RAM is a shared file in /dev/shm: counted by host Shmem, reported too), KiB.
+        For a faithful total, compare host MemAvailable before `up` and after (see bench)."""
+        rss = 0
+        for ns in net.lab_netns():
+            for pid in net.netns_pids(ns):
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        for line in f:
+                            if line.startswith("RssAnon:"):
+                                rss += int(line.split()[1])
+                except OSError:
+                    pass
+        return {"rss_anon_kib": rss, **meminfo()}
+
+
+DHCP_PROBE = r"""
+import json, os, socket, struct, sys, time
+mac = sys.argv[1] or open("/sys/class/net/eth1/address").read().strip()
+mac = bytes.fromhex(mac.replace(":", "")); timeout = float(sys.argv[2])
+xid = os.urandom(4)
+pkt = struct.pack("!BBBB4sHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, b"\0"*4, b"\0"*4,
+                  b"\0"*4, b"\0"*4, mac + b"\0"*10, b"\0"*64, b"\0"*128)
+pkt += b"\x63\x82\x53\x63" + b"\x35\x01\x01" + b"\x37\x03\x01\x03\x43" + b"\xff"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth1")
+s.bind(("0.0.0.0", 68))
+# the interface has no IPv4 address: read the (broadcast) offer at layer 2, as DHCP clients do
+r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+r.bind(("eth1", 0)); r.settimeout(timeout)
+s.sendto(pkt, ("255.255.255.255", 67))
+end = time.time() + timeout
+while time.time() < end:
+    try:
+        frame = r.recv(4096)
+    except socket.timeout:
+        break
+    ip = frame[14:]
+    if ip[9] != 17:
+        continue
+    udp = ip[(ip[0] & 15) * 4:]
+    if struct.unpack("!H", udp[2:4])[0] != 68:
+        continue
+    data = udp[8:]
+    if data[4:8] != xid:
+        continue
+    opts, i, server, bootfile = data[240:], 0, "", ""
+    while i < len(opts) and opts[i] != 255:
+        if opts[i] == 0:
+            i += 1; continue
+        code, ln = opts[i], opts[i + 1]
+        if code == 54:
+            server = socket.inet_ntoa(opts[i + 2:i + 6])
+        if code == 67:
+            bootfile = opts[i + 2:i + 2 + ln].rstrip(b"\0").decode()
+        i += 2 + ln
+    print(json.dumps({"yiaddr": socket.inet_ntoa(data[16:20]), "server": server,
+                      "file": data[108:236].rstrip(b"\0").decode() or bootfile}))
+    break
+"""
+
+
+def meminfo() -> dict:
+    with open("/proc/meminfo") as f:
+        mi = {ln.split(":")[0]: int(ln.split()[1]) for ln in f}
+    return {"host_shmem_kib": mi.get("Shmem", 0), "host_available_kib": mi.get("MemAvailable", 0)}
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    kids = [int(x) for x in out.split()]
+    for k in list(kids):
+        kids += _children(k)
+    return kids
+
+
+def shell_quote(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)

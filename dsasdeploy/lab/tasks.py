@@ -1,0 +1,73 @@
+"""`dsas lab up|down|status|ssh`: invoke tasks over dsasdeploy.lab.Lab (mounted by cli.py)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import invoke
+from invoke import task
+
+from ..errors import UsageError
+from .lab import Lab, require_root
+from .topology import VIP, VIP_PORT
+
+
+def _lab() -> Lab:
+    return Lab()
+
+
+@task(auto_shortflags=False, help={"web": "number of web hosts (default 3, at most 100)"})
+def up(c, web=3):
+    """Build the local lab (LVS director, DRBD pair, web hosts, memcached, PXE server, client)."""
+    require_root()
+    lab = _lab()
+    r = lab.up(web=int(web))
+    if r["already_running"]:
+        print(f"lab already running with {r['web']} web hosts (state {lab.state})")
+    else:
+        print(f"lab up in {r['seconds']:.1f} s: {r['web']} web hosts, VIP {VIP}:{VIP_PORT} "
+              f"(state {lab.state})")
+    print(f"stage file: {lab.stage_file()}" + ("  (same as stages/lab.yaml)" if int(web) == 3 else ""))
+    print(f"ssh: dsas lab ssh web1   |   client traffic: ip netns exec dsaslab-client curl http://{VIP}/")
+
+
+@task(auto_shortflags=False)
+def down(c):
+    """Remove every namespace, guest, process, mount and file the lab made."""
+    require_root()
+    r = _lab().down()
+    print(f"lab down in {r['seconds']:.1f} s")
+
+
+@task(auto_shortflags=False)
+def status(c):
+    """Each lab host, its address, and whether it is up."""
+    require_root()
+    lab = _lab()
+    rows = lab.status()
+    if not rows:
+        print(f"lab is not running (state {lab.state})")
+        return
+    print(f"{'HOST':<8} {'KIND':<6} {'ADDRESS':<13} {'ROLES':<18} {'STATE':<5} DETAIL")
+    for s in rows:
+        print(f"{s.name:<8} {s.kind:<6} {s.address:<13} {','.join(s.roles) or '-':<18} "
+              f"{'up' if s.up else 'DOWN':<5} {s.detail}")
+
+
+@task(auto_shortflags=False, positional=["host"],
+      help={"host": "lab host name (web1, lb1, drbd-a, ...)", "cmd": "command to run (else a shell)"})
+def ssh(c, host, cmd=""):
+    """Open a shell on a lab host, or run a command there: dsas lab ssh web1 --cmd 'uptime'."""
+    require_root()
+    lab = _lab()
+    if lab.meta() is None:
+        raise UsageError("the lab is not running: run `dsas lab up` first")
+    h = lab.host(host)
+    if not h.ssh:
+        raise UsageError(f"{host} has no sshd: use `ip netns exec {h.netns} ...`")
+    rc = subprocess.call(lab.ssh_argv(host, cmd or None, tty=not cmd))
+    if rc:
+        raise invoke.Exit(code=rc)
+
+
+ns = invoke.Collection("lab", up, down, status, ssh)

@@ -1,0 +1,152 @@
+"""Names and addresses of the lab: the one place that says what lives where (pure, no I/O).
+
+    root namespace (the CONTROLLER: dsas, pytest)        netns "dsaslab" = the switch (bridges only)
+      dsaslab-m 10.77.0.1/24  ── veth ── br-mgmt 10.77.0.0/24: lb1 .10, drbd-a .21, drbd-b .22,
+                                                            drbd service IP .20, boot1 .6
+      dsaslab-c 10.77.1.1/24  ── veth ── br-pub  10.77.1.0/24: VIP 10.77.1.10 (lb1), client .100
+      dsaslab-p 10.77.2.254/24 ─ veth ── br-priv 10.77.2.0/24: lb1 10.77.2.1 (gw of the web hosts),
+                                                            cache1 .5, webN 10.77.2.(10+N)
+                                         br-repl 10.77.3.0/24: drbd-a .21, drbd-b .22 (DRBD only)
+                                         br-boot 10.77.4.0/24: boot1 .1 (DHCP range .100-.200)
+
+The web hosts have a single address, on br-priv; it is both their SSH address (stage file) and
+their LVS real-server address, so the deploy tool needs no mapping between the two.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_STATE_DIR = "/var/lib/dsas-lab"
+DEFAULT_CACHE_DIR = "/var/cache/dsas-lab"
+MAX_WEB = 100
+DEFAULT_WEB = 3
+
+SWITCH_NS = "dsaslab"
+NS_PREFIX = "dsaslab-"
+
+VIP = "10.77.1.10"
+VIP_PORT = 80
+APP_PORT = 8080
+DIRECTOR_PRIV = "10.77.2.1"
+CLIENT_ADDR = "10.77.1.100"
+MEMCACHED_ADDR = "10.77.2.5"
+MEMCACHED_PORT = 11211
+DRBD_SERVICE_IP = "10.77.0.20"
+DRBD_SERVICE_PORT = 8000
+DRBD_MOUNT = "/srv/data"
+BOOT_ADDR = "10.77.0.6"
+BOOT_NET_ADDR = "10.77.4.1"
+DEPLOY_TO = "/srv/labapp"
+
+# root-namespace legs: (root-side name, switch-side name, bridge, root address/prefix)
+ROOT_LEGS = [
+    ("dsaslab-m", "up-m", "br-mgmt", "10.77.0.1/24"),
+    ("dsaslab-c", "up-c", "br-pub", "10.77.1.1/24"),
+    ("dsaslab-p", "up-p", "br-priv", "10.77.2.254/24"),
+]
+BRIDGES = ["br-mgmt", "br-pub", "br-priv", "br-repl", "br-boot"]
+CONTROLLER_ADDRS = {"mgmt": "10.77.0.1", "pub": "10.77.1.1", "priv": "10.77.2.254"}
+
+
+def state_dir() -> str:
+    return os.environ.get("DSAS_LAB_DIR", DEFAULT_STATE_DIR)
+
+
+def cache_dir() -> str:
+    return os.environ.get("DSAS_LAB_CACHE", DEFAULT_CACHE_DIR)
+
+
+@dataclass(frozen=True)
+class Nic:
+    bridge: str
+    addr: str  # with prefix, e.g. 10.77.0.10/24
+    tap: str = ""  # UML guests: tap name in the switch namespace
+    mac: str = ""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    kind: str  # "guest" (UML) | "ns" (network + mount namespace with sshd)
+    address: str  # SSH address (stage file)
+    roles: tuple[str, ...]
+    nics: tuple[Nic, ...] = ()
+    gateway: str = ""
+    mem: str = ""  # guests
+    mods: tuple[str, ...] = ()  # guests: modules loaded at boot
+    disk_mb: int = 0  # guests: ubd0 size
+    primary: bool = False
+    ssh: bool = True
+    extra: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def netns(self) -> str:
+        return NS_PREFIX + self.name
+
+
+def web_address(i: int) -> str:
+    return f"10.77.2.{10 + i}"
+
+
+def topology(web: int = DEFAULT_WEB) -> list[HostSpec]:
+    """Every host of a lab with `web` web hosts, in start order."""
+    hosts = [
+        HostSpec(
+            "lb1", "guest", "10.77.0.10", ("lb",),
+            nics=(Nic("br-mgmt", "10.77.0.10/24", "tap-lb0", "02:77:00:00:00:10"),
+                  Nic("br-pub", f"{VIP}/24", "tap-lb1", "02:77:01:00:00:10"),
+                  Nic("br-priv", f"{DIRECTOR_PRIV}/24", "tap-lb2", "02:77:02:00:00:01")),
+            mem="64M", mods=("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc")),
+        HostSpec(
+            "drbd-a", "guest", "10.77.0.21", ("db", "file"),
+            nics=(Nic("br-mgmt", "10.77.0.21/24", "tap-da0", "02:77:00:00:00:21"),
+                  Nic("br-repl", "10.77.3.21/24", "tap-da1", "02:77:03:00:00:21")),
+            mem="128M", mods=("drbd",), disk_mb=40, primary=True),
+        HostSpec(
+            "drbd-b", "guest", "10.77.0.22", ("db", "file"),
+            nics=(Nic("br-mgmt", "10.77.0.22/24", "tap-db0", "02:77:00:00:00:22"),
+                  Nic("br-repl", "10.77.3.22/24", "tap-db1", "02:77:03:00:00:22")),
+            mem="128M", mods=("drbd",), disk_mb=40),
+        HostSpec("cache1", "ns", MEMCACHED_ADDR, ("memcached",),
+                 nics=(Nic("br-priv", f"{MEMCACHED_ADDR}/24"),)),
+        HostSpec("boot1", "ns", BOOT_ADDR, ("pxe",),
+                 nics=(Nic("br-mgmt", f"{BOOT_ADDR}/24"), Nic("br-boot", f"{BOOT_NET_ADDR}/24"))),
+        # client eth1 sits unaddressed on br-boot: a place to be a DHCP client of boot1
+        HostSpec("client", "ns", CLIENT_ADDR, (),
+                 nics=(Nic("br-pub", f"{CLIENT_ADDR}/24"), Nic("br-boot", "")), ssh=False),
+    ]
+    for i in range(1, web + 1):
+        a = web_address(i)
+        hosts.append(HostSpec(f"web{i}", "ns", a, ("web",), nics=(Nic("br-priv", f"{a}/24"),),
+                              gateway=DIRECTOR_PRIV))
+    return hosts
+
+
+def known_hosts_name(address: str, port: int = 22) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+def stage_yaml(web: int = DEFAULT_WEB, comment: str = "") -> str:
+    """The stage file text for a lab with `web` web hosts (keys the core engine accepts only)."""
+    lines = [
+        comment or f"# Stage 'lab': the local lab that `dsas lab up --web {web}` builds (run it first, as root).",
+        f"# {web} web hosts (app on :{APP_PORT}; each address is also its LVS-NAT real server) behind "
+        f"the director lb1",
+        f"# (VIP {VIP}:{VIP_PORT}), a DRBD 8.4 pair (r0, service IP {DRBD_SERVICE_IP}), memcached, "
+        "a PXE boot server.",
+        "# Generated by dsasdeploy.lab.topology.stage_yaml; do not edit by hand.",
+        "hosts:",
+    ]
+    topo = topology(web)
+    for h in [h for h in topo if "web" in h.roles] + [h for h in topo if "web" not in h.roles]:
+        if not h.ssh or not h.roles:
+            continue
+        lines.append(f"  - name: {h.name}")
+        lines.append(f"    address: {h.address}")
+        lines.append("    port: 22")
+        lines.append(f"    roles: [{', '.join(h.roles)}]")
+        if h.primary:
+            lines.append("    primary: true")
+    return "\n".join(lines) + "\n"
