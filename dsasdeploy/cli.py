@@ -160,7 +160,7 @@ def _project_dir() -> Optional[Path]:
 def make_program() -> DsasProgram:
     namespace = builtin_collection()
     load_project_recipes(namespace, _project_dir())
-    return DsasProgram(name="dsas", binary="dsas", version=__version__, namespace=namespace)
+    return DsasProgram(name="dsas", binary="dsas", binary_names=["dsas"], version=__version__, namespace=namespace)
 
 
 def _terminate_as_interrupt(signum, frame) -> None:

@@ -145,8 +145,8 @@ class RollingFlow(ReleaseFlow):
 
     def restore(self, flight: InFlight) -> None:
         self.driver.restore(flight.records)
-        for host in flight.batch:
-            self.journal.record("restored", host=host.name)
+        for host in sorted({r["host"] for r in flight.records}):
+            self.journal.record("restored", host=host)
 
     def gates(self, batch: Sequence[Host], release_of: Callable[[Host], Optional[str]], warm: bool) -> None:
         """Health (and warm, going forward) per host, against the host itself, in parallel."""
@@ -223,8 +223,9 @@ class RollingFlow(ReleaseFlow):
             if ok:
                 self.locked.discard(name)
         if stuck:
-            raise IncompleteRestore("; ".join(stuck) + f". The journal {self.journal.path} keeps the original "
-                                    f"weights: fix the hosts, then `dsas recover {self.stage.name}`")
+            raise IncompleteRestore(f"{reason}; rolling back did not finish: " + "; ".join(stuck)
+                                    + f". The journal {self.journal.path} keeps the original weights: fix the "
+                                    f"hosts, then `dsas recover {self.stage.name}`")
         self.journal.end("rolled_back")
 
     def _undo_in_flight(self, flight: InFlight, context_of, already_back: bool = False) -> list[str]:

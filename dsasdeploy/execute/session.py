@@ -6,6 +6,8 @@ no agent unless `ssh.allow_agent`. A stage may name its own ssh_config file.
 
 from __future__ import annotations
 
+import io
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -22,6 +24,28 @@ from ..inventory import Host
 from .hostkeys import PinnedHostKeys
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+# CI credentials (docs/ci.md): key material and known_hosts from the environment, never echoed
+ENV_KEY = "DSAS_SSH_PRIVATE_KEY"
+ENV_KEY_FILE = "DSAS_SSH_KEY_FILE"
+ENV_KEY_PASSPHRASE = "DSAS_SSH_KEY_PASSPHRASE"
+ENV_KNOWN_HOSTS = "DSAS_KNOWN_HOSTS"
+ENV_KNOWN_HOSTS_FILE = "DSAS_KNOWN_HOSTS_FILE"
+
+
+def load_key_from_env() -> Optional[paramiko.PKey]:
+    """The private key in $DSAS_SSH_PRIVATE_KEY (OpenSSH or PEM text), kept in memory only."""
+    text = os.environ.get(ENV_KEY)
+    if not text:
+        return None
+    passphrase = os.environ.get(ENV_KEY_PASSPHRASE) or None
+    text = text.replace("\\n", "\n").strip() + "\n"  # CI variables sometimes hold literal \n
+    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return kind.from_private_key(io.StringIO(text), password=passphrase)
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise UsageError(f"${ENV_KEY} does not hold a usable private key (ed25519, ecdsa or rsa; "
+                     f"set ${ENV_KEY_PASSPHRASE} if it is encrypted)")
 
 
 def resolve_path(value: Optional[str], project_dir: Path) -> Optional[Path]:
@@ -45,8 +69,14 @@ class SessionFactory:
     _gateway_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        known = resolve_path(self.ssh.known_hosts or DEFAULT_KNOWN_HOSTS, self.project_dir)
-        self.policy = PinnedHostKeys(known, accept_new=self.accept_new_host_keys or self.ssh.accept_new_host_keys)
+        accept_new = self.accept_new_host_keys or self.ssh.accept_new_host_keys
+        known_text = os.environ.get(ENV_KNOWN_HOSTS)
+        if known_text:
+            self.policy = PinnedHostKeys.from_text(known_text, ENV_KNOWN_HOSTS, accept_new=accept_new)
+        else:
+            known = resolve_path(os.environ.get(ENV_KNOWN_HOSTS_FILE) or self.ssh.known_hosts or DEFAULT_KNOWN_HOSTS,
+                                 self.project_dir)
+            self.policy = PinnedHostKeys(known, accept_new=accept_new)
         ssh_config_path = resolve_path(self.ssh.ssh_config, self.project_dir)
         if ssh_config_path is not None and not ssh_config_path.is_file():
             raise UsageError(f"ssh.ssh_config: {ssh_config_path} does not exist")
@@ -54,10 +84,11 @@ class SessionFactory:
         # lazy=True: do not read /etc/fabric.yml or ~/.fabric.yml; an explicit SSHConfig
         # object: do not read ~/.ssh/config or /etc/ssh/ssh_config either.
         self._config = Config(lazy=True, ssh_config=ssh_config)
-        identity = resolve_path(self.ssh.identity_file, self.project_dir)
-        if identity is not None and not identity.is_file():
+        self._pkey = load_key_from_env()
+        identity = resolve_path(os.environ.get(ENV_KEY_FILE) or self.ssh.identity_file, self.project_dir)
+        if self._pkey is None and identity is not None and not identity.is_file():
             raise UsageError(f"ssh.identity_file: {identity} does not exist")
-        self._identity = identity
+        self._identity = None if self._pkey is not None else identity
 
     def _connect_kwargs(self) -> dict:
         kwargs = {
@@ -67,7 +98,9 @@ class SessionFactory:
             "auth_timeout": self.ssh.connect_timeout,
             "channel_timeout": self.ssh.connect_timeout,
         }
-        if self._identity is not None:
+        if self._pkey is not None:
+            kwargs["pkey"] = self._pkey
+        elif self._identity is not None:
             kwargs["key_filename"] = [str(self._identity)]
         return kwargs
 

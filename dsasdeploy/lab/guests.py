@@ -234,7 +234,7 @@ def start_guest(h: HostSpec, state: str, uml_root: str) -> int:
     uml_args = [
         f"umid={h.name}", f"uml_dir={run}", f"mem={h.mem}",
         "rootfstype=hostfs", "rootflags=/", "ro", f"init={state}/bin/guest-init.sh",
-        "con=null", "ssl=null", "con0=null,fd:1", "quiet", "cryptomgr.notests",
+        "con=null", "ssl=null", "con0=null,fd:1", "quiet",
         f"dsas_name={h.name}", f"dsas_lab={state}", f"dsas_uml={uml_root}",
     ]
     if h.disk_mb:

@@ -76,8 +76,9 @@ def describe(event: Event) -> Optional[str]:
     if event.type == "summary":
         line = f"{event.status.upper() if event.status else 'DONE'}: {event.message or ''}".rstrip(": ")
         trips = d.get("round_trips") or {}
-        if trips:
-            line += f" [ssh round trips per host: max {max(trips.values())}]"
+        released = [n for n in trips if n in (d.get("hosts") or trips)]
+        if released:
+            line += f" [ssh round trips per released host: max {max(trips[n] for n in released)}]"
         return line
     return f"{host}{event.type} {event.message or ''}".rstrip()
 

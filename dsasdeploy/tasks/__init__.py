@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from . import release
+from . import release, scaffold
 
 
 def builtin_collection() -> Collection:
     """deploy, rollback, releases, check, unlock, config, and `lab` when available."""
     ns = Collection()
     for task in (release.deploy, release.rollback, release.releases, release.check, release.unlock,
-                 release.config, release.recover):
+                 release.config, release.recover, scaffold.init):
         ns.add_task(task)
     try:
         from ..lab.tasks import ns as lab_ns

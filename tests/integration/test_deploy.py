@@ -14,15 +14,27 @@ import subprocess
 import threading
 import time
 
+from pathlib import Path
+
+import jsonschema
 import pytest
 
+import dsasdeploy
 from dsasdeploy.commands.lock import LockOwner
 
 pytestmark = pytest.mark.sshd
 
 
+SCHEMA = json.loads((Path(dsasdeploy.__file__).parent / "report" / "events.schema.json").read_text())
+REPORT_SCHEMA = json.loads((Path(dsasdeploy.__file__).parent / "report" / "report.schema.json").read_text())
+
+
 def events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The --json events of a run, each validated against the published schema."""
+    found = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    for event in found:
+        jsonschema.validate(event, SCHEMA)
+    return found
 
 
 def summary(stdout: str) -> dict:
@@ -299,3 +311,45 @@ def test_config_command_and_errors(project):
     project.write("dsas.yaml", (project.dir / "dsas.yaml").read_text() + "keep_relases: 2\n")
     result = project.run("deploy", "test")
     assert result.returncode == 2 and "dsas.yaml:" in result.stderr and "did you mean 'keep_releases'" in result.stderr
+
+
+def test_ci_pipeline_report_and_exit_codes(project, tmp_path):
+    """No TTY, CI=true: every failure class gives its exit code, a summary event and a report."""
+    report = tmp_path / "report.json"
+    ok = project.run("deploy", "test", "--json", "--report", str(report))
+    assert ok.returncode == 0
+    data = json.loads(report.read_text())
+    jsonschema.validate(data, REPORT_SCHEMA)
+    assert data["exit_code"] == 0 and data["release"] == project.current(0)
+    assert set(data["hosts"]) == {"web1", "web2", "web3"}
+    assert all(h["outcome"] == "deployed" for h in data["hosts"].values())
+
+    _hold_lock(project, 0, os.getpid())
+    locked = project.run("deploy", "test", "--json", "--report", str(report))
+    assert locked.returncode == 3 and summary(locked.stdout)["exit_code"] == 3
+    assert json.loads(report.read_text())["exit_code"] == 3
+    __import__("shutil").rmtree(project.deploy_root(0) / ".dsas-lock")
+
+    failed = project.run("deploy", "test", "--revision", "broken", "--json", "--report", str(report))
+    assert failed.returncode == 1 and summary(failed.stdout)["exit_code"] == 1
+    assert {h["outcome"] for h in json.loads(report.read_text())["hosts"].values()} == {"reverted"}
+
+    bad_config = project.run("deploy", "nope", "--json", "--report", str(report))
+    assert bad_config.returncode == 2 and summary(bad_config.stdout)["exit_code"] == 2
+
+
+def test_ci_credentials_from_environment_never_echoed(project):
+    key_text = project.hosts.client_key.read_text()
+    known_text = project.hosts.known_hosts.read_text()
+    text = (project.dir / "dsas.yaml").read_text()
+    project.write("dsas.yaml", text.replace(str(project.hosts.client_key), "/nonexistent/key")
+                  .replace(str(project.hosts.known_hosts), "/nonexistent/known_hosts"))
+    env = {"DSAS_SSH_PRIVATE_KEY": key_text, "DSAS_KNOWN_HOSTS": known_text}
+    result = project.run("deploy", "test", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    secret_line = key_text.splitlines()[1]
+    assert secret_line not in result.stdout and secret_line not in result.stderr
+    # a wrong known_hosts secret is a refusal, not a silent trust
+    other = "[127.0.0.1]:1 ssh-ed25519 " + known_text.split()[2] + "\n"
+    result = project.run("deploy", "test", env={**env, "DSAS_KNOWN_HOSTS": other})
+    assert result.returncode == 1 and "unknown host key" in result.stderr and "$DSAS_KNOWN_HOSTS" in result.stderr
