@@ -7,8 +7,8 @@
 #     ($DSAS_LAB_CACHE, default /var/cache/dsas-lab/uml); nothing is installed system-wide.
 set -eu
 CACHE=${DSAS_LAB_CACHE:-/var/cache/dsas-lab}
-PKGS="openssh-server ipvsadm drbd-utils kmod memcached dnsmasq-base iproute2 git curl procps e2fsprogs util-linux python3"
-BINS="/usr/sbin/sshd /usr/sbin/ipvsadm /usr/sbin/drbdadm /usr/bin/kmod /usr/bin/memcached /usr/sbin/dnsmasq /usr/sbin/ip /usr/bin/git /usr/bin/curl /usr/sbin/mkfs.ext4 /usr/bin/unshare /usr/bin/python3 /usr/bin/setsid"
+PKGS="openssh-server ipvsadm drbd-utils kmod memcached dnsmasq-base iproute2 git curl procps e2fsprogs util-linux python3 iputils-arping"
+BINS="/usr/sbin/sshd /usr/sbin/ipvsadm /usr/sbin/drbdadm /usr/bin/kmod /usr/bin/memcached /usr/sbin/dnsmasq /usr/sbin/ip /usr/bin/git /usr/bin/curl /usr/sbin/mkfs.ext4 /usr/bin/unshare /usr/bin/python3 /usr/bin/setsid /usr/bin/arping"
 
 if [ "$(id -u)" != 0 ]; then
   echo "lab-setup: must run as root (it installs Debian packages)" >&2; exit 2

@@ -18,6 +18,7 @@ from typing import Optional
 from invoke import Argument, Collection, Exit, ParseError, Program, UnexpectedExit
 
 from . import __version__
+from .errors import DsasError
 from .status import ExitStatus
 from .tasks import builtin_collection
 
@@ -95,6 +96,10 @@ class DsasProgram(Program):
                 sys.exit(exc.code)
             elif exc.code:
                 raise
+        except DsasError as exc:  # raised by a task outside run_remote (e.g. `dsas lab up` without root)
+            print("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+            if exit:
+                sys.exit(int(exc.exit_status))
         except UnexpectedExit as exc:
             print(f"dsas: error: {str(exc).splitlines()[0]}", file=sys.stderr)
             if exit:

@@ -14,7 +14,24 @@ Problem = tuple[tuple, str]
 
 def check_rules(spec: StageSpec) -> list[Problem]:
     """(key path, message) for every cross-key problem of a merged stage."""
-    return [*_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec)]
+    return [*_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec), *_drbd(spec)]
+
+
+def _drbd(spec: StageSpec) -> Iterator[Problem]:
+    names = {h.name for h in spec.hosts}
+    seen = set()
+    for index, resource in enumerate(spec.drbd):
+        if resource.name in seen:
+            yield ("drbd", index, "name"), f"duplicate DRBD resource '{resource.name}'"
+        seen.add(resource.name)
+        for n_index, node in enumerate(resource.nodes):
+            if node not in names:
+                yield ("drbd", index, "nodes", n_index), (
+                    f"unknown host '{node}'{did_you_mean(node, sorted(names))}")
+        if resource.nodes[0] == resource.nodes[-1]:
+            yield ("drbd", index, "nodes"), "needs two different hosts"
+        if not posixpath.isabs(resource.mount):
+            yield ("drbd", index, "mount"), f"must be an absolute path, got '{resource.mount}'"
 
 
 def _rollout(spec: StageSpec) -> Iterator[Problem]:

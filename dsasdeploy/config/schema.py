@@ -157,6 +157,41 @@ class WarmGate(Model):
     min_new_items: int = Field(default=0, ge=0)
 
 
+class ServiceCheck(Model):
+    """How to tell a service on top of DRBD is healthy: a TCP port on the service IP, or a command."""
+
+    tcp: Optional[int] = Field(default=None, ge=1, le=65535)
+    command: Optional[str] = None
+    timeout: float = Field(default=10, gt=0)
+
+
+class DrbdService(Model):
+    name: str
+    start: str
+    stop: str
+    check: Optional[ServiceCheck] = None
+
+
+class ServiceIp(Model):
+    address: str
+    prefix: int = Field(default=24, ge=0, le=128)
+    interface: str = "eth0"
+
+
+class DrbdResource(Model):
+    """A DRBD resource with a filesystem, services and a service IP on its primary."""
+
+    name: str
+    nodes: list[str] = Field(min_length=2, max_length=2)  # host names of the stage
+    device: str = "/dev/drbd0"
+    mount: str
+    fstype: str = "ext4"
+    mount_options: Optional[str] = None
+    services: list[DrbdService] = []
+    service_ip: Optional[ServiceIp] = None
+    manager: Literal["none", "pacemaker", "drbd-reactor"] = "none"
+
+
 class Settings(Model):
     """The project keys: dsas.yaml, with a stage's overrides merged in."""
 
@@ -176,6 +211,7 @@ class Settings(Model):
     rollout: RolloutPolicy = RolloutPolicy()
     health: Optional[HealthCheck] = None
     warm: Optional[WarmGate] = None
+    drbd: list[DrbdResource] = []
 
 
 class StageSpec(Settings):

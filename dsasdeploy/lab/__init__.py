@@ -9,3 +9,6 @@ memcached, PXE boot server and a client in network namespaces) for the demo and 
 from .lab import HostStatus, Lab, LabError, require_root  # noqa: F401
 from . import faults, topology  # noqa: F401
 from .topology import APP_PORT, DEPLOY_TO, VIP, VIP_PORT, stage_yaml  # noqa: F401
+
+__all__ = ["APP_PORT", "DEPLOY_TO", "VIP", "VIP_PORT", "HostStatus", "Lab", "LabError", "faults",
+           "require_root", "stage_yaml", "topology"]

@@ -129,7 +129,7 @@ def _unhealthy_flag(lab: Lab, name: str) -> str:
     h = lab.host(name)
     if "web" not in h.roles:
         raise UsageError(f"{name} is not a web host")
-    return os.path.join(lab.host_srv(name), "labapp", "shared", "unhealthy")
+    return lab.host_path(name, f"{lab.deploy_to}/shared/unhealthy")
 
 
 def app_unhealthy(lab: Lab, name: str) -> None:

@@ -30,13 +30,16 @@ mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t hostfs -o "$LAB" hostfs "$LAB"
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=755 tmpfs /var/log
 mount -t tmpfs -o mode=700 tmpfs /root
 mount -t tmpfs -o mode=755 tmpfs /var/lib/drbd
 mount -t tmpfs -o mode=755 tmpfs /srv
+# the lab directory: the guest's only read-write window onto the host (mounted last, so no
+# tmpfs above hides it, wherever DSAS_LAB_DIR is)
+mkdir -p "$LAB"
+mount -t hostfs -o "$LAB" hostfs "$LAB"
 mkdir -p /run/sshd /run/lock /srv/data
 chmod 755 /run/sshd
 hostname "$dsas_name"
@@ -78,6 +81,7 @@ DIRECTOR_RC = """# sourced by the guest init on the LVS director: forwarding + t
 sysctl -q -w net.ipv4.ip_forward=1
 sysctl -q -w net.ipv4.vs.expire_nodest_conn=1 2>/dev/null || true
 ipvsadm -R < "$LAB/guests/lb1/ipvs.rules" || log "ipvsadm -R FAILED"
+ipvsadm -Sn > "$LAB/run/lb1.ipvs"   # `up` checks it against ipvs.rules
 """
 
 DRBD_GLOBAL = """global {

@@ -20,6 +20,9 @@ from .topology import (APP_PORT, DEPLOY_TO, DRBD_SERVICE_IP, DRBD_SERVICE_PORT, 
                        HostSpec, cache_dir, stage_yaml, state_dir, topology)
 
 
+MARKER = ".dsas-lab"
+
+
 class LabError(DsasError):
     """The lab could not be brought up (the message says which part)."""
 
@@ -127,6 +130,13 @@ class Lab:
         """Host-side directory that is /srv inside web/ns host `name`."""
         return os.path.join(self.state, "hosts", name, "srv")
 
+    def host_path(self, name: str, path: str) -> str:
+        """Where `path` (under /srv) inside namespace host `name` is, seen from the controller:
+        host_path("web1", "/srv/labapp/current") -> <state>/hosts/web1/srv/labapp/current."""
+        if not (path == "/srv" or path.startswith("/srv/")):
+            raise UsageError(f"only paths under /srv are private to a lab host, not {path}")
+        return os.path.join(self.host_srv(name), path[len("/srv/"):])
+
     def pid(self, key: str) -> int | None:
         m = self.meta() or {}
         return m.get("pids", {}).get(key)
@@ -135,7 +145,7 @@ class Lab:
         return self.meta() is not None and SWITCH_NS in net.list_netns()
 
     # ---------- up ----------
-    def up(self, web: int = 3, timeout: float = 60.0, quiet: bool = True) -> dict:
+    def up(self, web: int = 3, timeout: float = 60.0) -> dict:
         """Build the lab (idempotent: returns at once if it already runs with `web` web hosts).
 
         Returns {"seconds": float, "already_running": bool, "web": int}."""
@@ -149,12 +159,22 @@ class Lab:
                      "/usr/sbin/dnsmasq", "/usr/bin/nsenter", "/usr/bin/git"):
             if not os.access(tool, os.X_OK):
                 raise UsageError(f"{tool} is missing: run .ci/lab-setup.sh")
+        st = self.state
+        if os.path.isdir(st) and os.listdir(st) and not os.path.exists(os.path.join(st, MARKER)):
+            raise UsageError(f"{st} exists and is not a dsas lab directory: choose another DSAS_LAB_DIR")
+        clash = [ln.split()[1] + " " + ln.split()[3] for ln in
+                 net.sh(["ip", "-4", "-o", "addr", "show"]).stdout.splitlines()
+                 if " 10.77." in ln and not ln.split()[1].startswith("dsaslab-")]
+        if clash:
+            raise UsageError(f"this machine already uses 10.77.x.x ({', '.join(clash)}): "
+                             "the lab needs that range for itself")
         t0 = time.time()
         m = self.meta()
         if m is not None:
             if self.running() and m.get("complete") and m["web"] == web:
                 if self._health_quick():
-                    return {"seconds": 0.0, "already_running": True, "web": web}
+                    self._heal_sshd()
+                    return {"seconds": time.time() - t0, "already_running": True, "web": web}
             if self.running() and m.get("complete") and m["web"] != web:
                 raise UsageError(f"the lab is running with {m['web']} web hosts: "
                                  f"run `dsas lab down` first to change --web")
@@ -169,16 +189,32 @@ class Lab:
         return {"seconds": time.time() - t0, "already_running": False, "web": web}
 
     def _health_quick(self) -> bool:
+        """Guests and namespace holders alive (sshd may be stopped by a fault: healed instead)."""
         m = self.meta() or {}
-        return all(guests.alive(p) for p in m.get("pids", {}).values())
+        return all(guests.alive(p) for k, p in m.get("pids", {}).items()
+                   if "." not in k or k.endswith(".ns"))
+
+    def _heal_sshd(self) -> None:
+        m = self.meta() or {}
+        for h in self.hosts():
+            pid = m.get("pids", {}).get(f"{h.name}.sshd")
+            if h.kind == "ns" and h.ssh and pid and not guests.alive(pid):
+                m["pids"][f"{h.name}.sshd"] = hosts.start_sshd(h, self.state, m["pids"][f"{h.name}.ns"])
+                self._save(m)
 
     def _up(self, web: int, timeout: float) -> None:
         st = self.state
+        os.makedirs(st, exist_ok=True)
+        with open(os.path.join(st, MARKER), "w") as f:
+            f.write("this directory belongs to `dsas lab`: `dsas lab down` removes it whole\n")
         for d in ("run", "logs", "hosts", "stages", "guests"):
             os.makedirs(os.path.join(st, d), exist_ok=True)
         topo = topology(web)
         meta = {"web": web, "pids": {}, "complete": False, "started": time.time(),
-                "state": st, "uml_root": self.uml_root}
+                "state": st, "uml_root": self.uml_root,
+                # `ip netns add` makes /run/netns (and a bind mount of it): down undoes that
+                "run_netns_existed": os.path.isdir("/run/netns"),
+                "run_netns_mounted": _is_mount("/run/netns")}
         self._save(meta)
         pids = meta["pids"]
         by = {h.name: h for h in topo}
@@ -205,7 +241,7 @@ class Lab:
         for h in nss:
             os.makedirs(self.host_srv(h.name), exist_ok=True)
             if "web" in h.roles:
-                shared = os.path.join(self.host_srv(h.name), DEPLOY_TO.lstrip("/").split("/", 1)[1], "shared")
+                shared = self.host_path(h.name, f"{DEPLOY_TO}/shared")
                 os.makedirs(shared, exist_ok=True)
                 with open(os.path.join(shared, "memcached.addr"), "w") as f:
                     f.write(f"{MEMCACHED_ADDR}:{MEMCACHED_PORT}\n")
@@ -230,8 +266,16 @@ class Lab:
                 pids[f"{h.name}.dnsmasq"] = hosts.start_dnsmasq(h, st, holder)
         self._save(meta)
 
-        # wait for every sshd (banner), DRBD bring-up, memcached
+        # wait for every sshd (banner), memcached, DRBD bring-up and its service
         deadline = time.time() + timeout
+        while True:
+            try:
+                socket.create_connection((MEMCACHED_ADDR, MEMCACHED_PORT), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise LabError(f"memcached on {MEMCACHED_ADDR}:{MEMCACHED_PORT} does not answer")
+                time.sleep(0.05)
         waiting = {h.name: h for h in topo if h.ssh}
         while waiting and time.time() < deadline:
             for name, h in list(waiting.items()):
@@ -246,6 +290,10 @@ class Lab:
                 time.sleep(0.1)
         if waiting:
             raise LabError(f"no SSH after {timeout:.0f} s from: {', '.join(waiting)} (logs in {st}/logs)")
+        with open(os.path.join(st, "run", "lb1.ipvs")) as f:
+            loaded = f.read()
+        if loaded != ipvs_rules(web):
+            raise LabError(f"lb1: the IPVS table is not what the lab set up:\n{loaded}")
         drbd_marker = os.path.join(st, "run", "drbd-a.drbd")
         if not hosts.wait_file(drbd_marker, max(5.0, deadline - time.time())):
             raise LabError(f"DRBD bring-up did not finish, see {st}/logs/drbd-a.drbd.log")
@@ -281,6 +329,14 @@ class Lab:
         victims.discard(os.getpid())
         self._kill(victims)
         net.delete_netns(net.lab_netns())
+        if m and not m.get("run_netns_mounted", True) and _is_mount("/run/netns") \
+                and not os.listdir("/run/netns"):
+            subprocess.run(["umount", "/run/netns"], check=False)
+            if not m.get("run_netns_existed", True):
+                try:
+                    os.rmdir("/run/netns")
+                except OSError:
+                    pass
         removed = self._remove_state(keep_logs)
         return {"seconds": time.time() - t0, "removed_state": removed}
 
@@ -306,9 +362,8 @@ class Lab:
         st = self.state
         if not os.path.isdir(st):
             return False
-        # the lab made everything in here; refuse to rm a directory that is not a lab dir
-        if not (os.path.exists(self.meta_path) or os.path.isdir(os.path.join(st, "run"))
-                or os.path.isdir(os.path.join(st, "ssh"))):
+        # the lab made everything in here; never rm a directory that `up` did not mark as its own
+        if st.rstrip("/").count("/") < 2 or not os.path.exists(os.path.join(st, MARKER)):
             return False
         # a mount below the state dir would be a leftover from a guest: never recurse into it
         with open("/proc/self/mounts") as f:
@@ -317,7 +372,7 @@ class Lab:
             raise LabError(f"mounts left below {st}: {', '.join(mounted)}")
         if keep_logs:
             for entry in os.listdir(st):
-                if entry != "logs":
+                if entry not in ("logs", MARKER):
                     subprocess.run(["rm", "-rf", "--one-file-system", os.path.join(st, entry)], check=False)
             return True
         subprocess.run(["rm", "-rf", "--one-file-system", st], check=False)
@@ -533,6 +588,11 @@ while time.time() < end:
                       "file": data[108:236].rstrip(b"\0").decode() or bootfile}))
     break
 """
+
+
+def _is_mount(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)
 
 
 def meminfo() -> dict:

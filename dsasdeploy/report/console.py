@@ -69,6 +69,13 @@ def describe(event: Event) -> Optional[str]:
     if event.type == "recover":
         return (f"recovering release {d.get('release')} ({'forward' if d.get('forward') else 'back'}): "
                 f"drained {d.get('drained')}, switched {d.get('switched')}")
+    if event.type == "drbd_state":
+        return f"{host}{d.get('resource')}: {event.message}"
+    if event.type == "drbd_verdict":
+        return f"{d.get('resource')}: {event.message}"
+    if event.type == "drbd_step":
+        msg = f": {event.message}" if event.message else ""
+        return f"{host}{event.phase} {event.status} ({d.get('seconds', 0):.2f}s){msg}"
     if event.type == "host_output":
         return f"{host}{event.message or ''}"
     if event.type == "warning":
@@ -158,7 +165,7 @@ class RichReporter:
         elif event.type == "host_connected" and event.host:
             self.rows.setdefault(event.host, {}).update(phase="connect", status="ok", seconds=event.data.get("seconds"))
         elif event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock", "batch",
-                            "lb", "gate", "recover"):
+                            "lb", "gate", "recover", "drbd_state", "drbd_verdict", "drbd_step"):
             text = describe(event)
             if text and not (event.type == "lock" and event.status in ("acquired", "released")):
                 self.console.print(text, markup=False, highlight=False)

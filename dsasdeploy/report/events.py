@@ -28,6 +28,9 @@ EVENT_TYPES = (
     "lb",              # host, status: drained | drain_complete | restored; directors, weights, seconds
     "gate",            # host, name: health | warm, status: ok | failed, seconds, attempts, figures, release
     "recover",         # status, release, forward, drained, switched (what the journal said)
+    "drbd_state",      # host, resource, reachable, role, peer_role, cstate, disk, peer_disk, sync_done, ...
+    "drbd_verdict",    # status: safe | unsafe, resource, primary, reasons, message
+    "drbd_step",       # host, phase (the step), status: ok | failed, seconds, message
     "warning",         # message, host (optional)
     "summary",         # status, exit_code, release, revision, hosts{...}, round_trips{...}
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from . import release, scaffold
+from . import drbd, release, scaffold
 
 
 def builtin_collection() -> Collection:
@@ -13,6 +13,7 @@ def builtin_collection() -> Collection:
     for task in (release.deploy, release.rollback, release.releases, release.check, release.unlock,
                  release.config, release.recover, scaffold.init):
         ns.add_task(task)
+    ns.add_collection(drbd.ns, name="drbd")
     try:
         from ..lab.tasks import ns as lab_ns
     except ModuleNotFoundError as exc:  # the lab package is optional; a bug inside it is not hidden

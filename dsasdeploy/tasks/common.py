@@ -81,7 +81,8 @@ def load(stage_name: str) -> Stage:
 
 def run_remote(command: str, stage_name: str, options: Options,
                body: Callable[[ReleaseFlow, Stage, Callable[[str], bool]], FlowResult],
-               release_hosts_only: bool = True) -> None:
+               release_hosts_only: bool = True,
+               pick_hosts: Optional[Callable[[Stage], tuple[Host, ...]]] = None) -> None:
     """Load, select hosts, run `body` with a flow; summary + report + exit code always."""
     reporter = make_reporter(options.json)
     bus = EventBus(stage_name, reporter)
@@ -91,7 +92,9 @@ def run_remote(command: str, stage_name: str, options: Options,
     try:
         stage = load(stage_name)
         hosts = select_hosts(stage, split_list(options.hosts), split_list(options.roles))
-        if release_hosts_only:
+        if pick_hosts is not None:
+            hosts = pick_hosts(stage)
+        elif release_hosts_only:
             hosts = stage.release_hosts(hosts)
             if not hosts:
                 raise UsageError(f"no selected host of stage '{stage_name}' has a role that receives releases")

@@ -1,0 +1,291 @@
+"""DRBD status and planned switchover over SSH, safe by default.
+
+Switchover: pre-checks on BOTH nodes (refuse on any doubt), then the steps
+    stop services -> unmount -> demote -> drop service IP      (on the primary)
+    promote -> mount -> add service IP + gratuitous ARP -> start services -> health   (on the peer)
+each one round trip that re-reads what it changed, each timed and reported. A failed
+step walks back in reverse to the original primary; if that fails too: exit 4 with
+the exact state of both nodes and what a human must do. Never `--force`.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from ..commands import drbd as cmd
+from ..commands import lock as lockcmd
+from ..commands.base import q
+from ..config.schema import DrbdResource
+from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
+from ..inventory import Host
+from ..status import ExitStatus
+from .flow import FlowResult, ReleaseFlow, signals_deferred
+from .pool import run_parallel
+
+Builder = Callable[[DrbdResource], list[str]]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    on: str  # "source" | "target"
+    build: Optional[Builder]  # None: the health check, run from the controller
+    undo: Optional[Builder]
+
+
+STEPS = (
+    Step("stop services", "source", cmd.stop_services, cmd.start_services),
+    Step("unmount", "source", cmd.unmount, cmd.mount),
+    Step("demote", "source", cmd.demote, cmd.promote),
+    Step("drop service IP", "source", cmd.drop_ip, cmd.add_ip),
+    Step("promote", "target", cmd.promote, cmd.demote),
+    Step("mount", "target", cmd.mount, cmd.unmount),
+    Step("add service IP", "target", cmd.add_ip, cmd.drop_ip),
+    Step("start services", "target", cmd.start_services, cmd.stop_services),
+    Step("health", "target", None, None),
+)
+
+
+def pick_resource(resources: list[DrbdResource], name: Optional[str], stage: str) -> DrbdResource:
+    if not resources:
+        raise UsageError(f"stage '{stage}' declares no DRBD resource (key drbd:)")
+    if name is None:
+        if len(resources) > 1:
+            raise UsageError(f"stage '{stage}' has several DRBD resources; choose one with --resource "
+                             f"({', '.join(r.name for r in resources)})")
+        return resources[0]
+    for resource in resources:
+        if resource.name == name:
+            return resource
+    raise UsageError(f"--resource: no DRBD resource '{name}' in stage '{stage}' "
+                     f"({', '.join(r.name for r in resources)})")
+
+
+def _roles_text(states) -> str:
+    return ", ".join(f"{name}={state.role if state else 'unreachable'}" for name, state in states.items())
+
+
+class DrbdFlow:
+    """`dsas drbd status|switchover` for one resource, on a ReleaseFlow's connections and events."""
+
+    def __init__(self, flow: ReleaseFlow, resource: DrbdResource):
+        self.flow, self.resource = flow, resource
+        by_name = {h.name: h for h in flow.stage.hosts}
+        self.nodes = [by_name[n] for n in resource.nodes]
+        self.bus, self.backend = flow.bus, flow.backend
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def read(self) -> dict[str, Optional[cmd.NodeState]]:
+        """Both nodes' state; an unreachable node reads as None."""
+        def one(host: Host) -> cmd.NodeState:
+            self.backend.connect(host)
+            result = self.backend.run(host, cmd.status_script(self.resource))
+            if not result.ok:
+                raise RemoteError(f"{host.name}: cannot read DRBD state: {result.stderr_tail()}")
+            return cmd.parse_status(result.stdout, self.resource)
+
+        states = {}
+        for outcome in run_parallel(self.nodes, one, 2):
+            states[outcome.host.name] = outcome.value if outcome.ok else None
+            if not outcome.ok:
+                self.bus.emit("warning", host=outcome.host.name, message=str(outcome.error).splitlines()[0])
+        return states
+
+    def roles(self, states) -> tuple[Optional[str], Optional[str]]:
+        primary = [n for n, s in states.items() if s is not None and s.role == "Primary"]
+        source = primary[0] if len(primary) == 1 else None
+        target = next((n for n in states if n != source), None) if source else None
+        return source, target
+
+    def services_healthy(self, node: str, state: Optional[cmd.NodeState], deadline: float = 0.0) -> list[str]:
+        """Problems with the services on `node` (empty: healthy). Retries until `deadline` seconds."""
+        started = time.monotonic()
+        while True:
+            problems = []
+            for service in self.resource.services:
+                check = service.check
+                if check is None:
+                    continue
+                if check.tcp is not None:
+                    address = self.resource.service_ip.address if self.resource.service_ip else \
+                        next(h.address for h in self.nodes if h.name == node)
+                    try:
+                        socket.create_connection((address, check.tcp), timeout=2).close()
+                    except OSError as exc:
+                        problems.append(f"{service.name}: {address}:{check.tcp} does not answer ({exc.strerror or exc})")
+                if check.command and state is not None and not state.services_ok.get(service.name, False):
+                    problems.append(f"{service.name}: check command failed on {node}")
+            if not problems or time.monotonic() - started >= deadline:
+                return problems
+            time.sleep(0.3)
+            if any(s.check and s.check.command for s in self.resource.services):
+                state = self.read().get(node)
+
+    def status(self) -> FlowResult:
+        states = self.read()
+        source, target = self.roles(states)
+        refusals = cmd.switch_refusals(self.resource, states, source, target) if source and target else \
+            [f"no single Primary: {_roles_text(states)}"]
+        if source and not refusals:
+            refusals += [f"{source}: {p}" for p in self.services_healthy(source, states[source])]
+        for name, state in states.items():
+            data = {"resource": self.resource.name, "reachable": state is not None}
+            if state is not None:
+                data.update(role=state.role, peer_role=state.peer_role, cstate=state.cstate, disk=state.disk,
+                            peer_disk=state.peer_disk, out_of_sync_kb=state.out_of_sync_kb,
+                            sync_done=state.sync_done, mounted=state.mounted, service_ip=state.has_service_ip)
+            self.bus.emit("drbd_state", host=name, message=state.describe() if state else "unreachable", **data)
+        verdict = "safe to switch over" if not refusals else "NOT safe to switch over: " + "; ".join(refusals)
+        self.bus.emit("drbd_verdict", status="safe" if not refusals else "unsafe", message=verdict,
+                      resource=self.resource.name, primary=source, reasons=refusals)
+        return FlowResult(ExitStatus.OK, f"{self.resource.name}: primary {source or '?'}; {verdict}")
+
+    # ---- switching over --------------------------------------------------------------
+
+    def switchover(self, to: Optional[str], dry_run: bool, lock_wait: float) -> FlowResult:
+        states = self.read()
+        source, target = self.roles(states)
+        if to is not None and to not in self.resource.nodes:
+            raise UsageError(f"--to: '{to}' is not a node of {self.resource.name} ({', '.join(self.resource.nodes)})")
+        if to is not None and source is not None and to == source:
+            raise RemoteError(f"refusing: {to} is already the Primary of {self.resource.name}; the target must be "
+                              f"the Secondary; nothing was changed")
+        refusals = cmd.switch_refusals(self.resource, states, source, target) if source and target else \
+            [f"no single Primary ({_roles_text(states)})"]
+        if source and not refusals:
+            refusals += [f"services on {source} are not healthy now: {p}" for p in
+                         self.services_healthy(source, states[source])]
+        refusals += self.stage_lock_problems()
+        if refusals:
+            raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(refusals)
+                              + "; nothing was changed")
+        hosts = {"source": next(h for h in self.nodes if h.name == source),
+                 "target": next(h for h in self.nodes if h.name == target)}
+        self.bus.emit("drbd_verdict", status="safe", resource=self.resource.name, primary=source, reasons=[],
+                      message=f"switching {self.resource.name} from {source} to {target}")
+        if dry_run:
+            for step in STEPS:
+                if step.build is not None:
+                    host = hosts[step.on]
+                    self.bus.emit("script", host=host.name, phase=step.name,
+                                  script="\n".join(step.build(self.resource)) + "\n")
+            return FlowResult(ExitStatus.OK, f"dry run: {self.resource.name} would move from {source} to {target}; "
+                              f"nothing was changed")
+        self.lock(lock_wait)
+        started = time.monotonic()
+        done: list[Step] = []
+        try:
+            for step in STEPS:
+                self.run_step(step, hosts)
+                done.append(step)
+        except BaseException as exc:
+            with signals_deferred():
+                reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
+                self.walk_back(done, exc, hosts, reason)
+            raise RemoteError(f"switchover of {self.resource.name} failed ({reason}); walked back: {source} is "
+                              f"the Primary again, services answer") from None
+        finally:
+            self.unlock()
+        seconds = time.monotonic() - started
+        return FlowResult(ExitStatus.OK, f"{self.resource.name} switched over from {source} to {target} "
+                          f"in {seconds:.1f}s; services answer on the new primary")
+
+    def run_step(self, step: Step, hosts: dict[str, Host], undo: bool = False) -> None:
+        host = hosts[step.on]
+        name = f"undo {step.name}" if undo else step.name
+        started = time.monotonic()
+        if step.build is None:  # health
+            problems = self.services_healthy(host.name, self.read().get(host.name),
+                                             deadline=max((s.check.timeout for s in self.resource.services
+                                                           if s.check), default=0))
+            ok, reason = not problems, "; ".join(problems)
+        else:
+            lines = (step.undo if undo else step.build)(self.resource)
+            if not lines:
+                return
+            result = self.backend.run(host, lines)
+            ok, reason = result.ok, result.stderr_tail() or f"exit {result.exit_code}"
+        seconds = round(time.monotonic() - started, 3)
+        self.bus.emit("drbd_step", host=host.name, phase=name, status="ok" if ok else "failed", seconds=seconds,
+                      message=None if ok else reason)
+        if not ok:
+            raise RemoteError(f"{name} on {host.name} failed: {reason}")
+
+    def walk_back(self, done: list[Step], failure: BaseException, hosts: dict[str, Host], reason: str) -> None:
+        """Undo the completed steps (and the failed one, whose undo is idempotent) in reverse."""
+        failed_index = len(done)
+        to_undo = list(done)
+        if failed_index < len(STEPS) and STEPS[failed_index].undo is not None:
+            to_undo.append(STEPS[failed_index])
+        problems = []
+        for step in reversed(to_undo):
+            if step.undo is None:
+                continue
+            try:
+                self.run_step(step, hosts, undo=True)
+            except DsasError as exc:
+                problems.append(str(exc))
+                break
+        if not problems:
+            source = hosts["source"].name
+            health = self.services_healthy(source, self.read().get(source),
+                                           deadline=max((s.check.timeout for s in self.resource.services
+                                                         if s.check), default=0))
+            problems += [f"after walking back, {source}: {p}" for p in health]
+        if problems:
+            states = self.read()
+            state_text = "; ".join(f"{n}: {s.describe() if s else 'unreachable'}" for n, s in states.items())
+            raise IncompleteRestore(
+                f"switchover of {self.resource.name} failed ({reason}) and walking back failed too: "
+                + "; ".join(problems) + f". State now: {state_text}. A human must: check that exactly one node "
+                f"is Primary and Connected before promoting anything (never --force), mount "
+                f"{self.resource.mount} and start the services there, and add the service IP.")
+
+    # ---- the stage lock ----------------------------------------------------------------
+
+    def stage_lock_problems(self) -> list[str]:
+        """A deploy and a switchover never overlap: the release hosts' lock must be free."""
+        hosts = [h for h in self.flow.stage.release_hosts()]
+        problems = []
+
+        def read(host: Host):
+            self.backend.connect(host)
+            return self.backend.run(host, lockcmd.report_lines(host.paths))
+
+        for outcome in run_parallel(hosts, read, self.flow.limit):
+            if outcome.ok and "DSAS lock held" in outcome.value.stdout:
+                problems.append(f"the stage lock is held on {outcome.host.name} (a deploy is running)")
+            elif not outcome.ok:
+                problems.append(f"cannot read the stage lock on {outcome.host.name}: {outcome.error}")
+        return problems
+
+    def lock(self, lock_wait: float) -> None:
+        owner = self.flow.lock_owner("drbd switchover", self.resource.name)
+        deadline = time.monotonic() + lock_wait
+        while True:
+            held = []
+            for host in self.nodes:
+                lines = [f"mkdir -p {q(host.deploy_to)}"] + lockcmd.acquire_lines(host.paths, owner)
+                result = self.backend.run(host, lines)
+                if "DSAS lock acquired" in result.stdout:
+                    self.flow.locked.add(host.name)
+                else:
+                    held.append(host.name)
+            if not held:
+                return
+            self.unlock()
+            if time.monotonic() >= deadline:
+                raise LockHeld(f"stage '{self.flow.stage.name}' is locked on {', '.join(held)}; "
+                               f"another deploy or switchover is running")
+            time.sleep(1)
+
+    def unlock(self) -> None:
+        for host in self.nodes:
+            if host.name in self.flow.locked:
+                result = self.backend.run(host, lockcmd.release_lines(host.paths, self.flow.token))
+                if result.ok:
+                    self.flow.locked.discard(host.name)
