@@ -1,0 +1,205 @@
+"""Rolling releases through the lab's real LVS director, with client traffic on the VIP.
+
+Named to sort before test_lab.py, whose last test takes the lab down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dsasdeploy.lab import faults
+from dsasdeploy.lab.topology import VIP, VIP_PORT
+
+ROOT = Path(__file__).resolve().parents[2]
+DSAS = [sys.executable, "-m", "dsasdeploy"]
+
+LOAD = r"""
+import json, os, socket, sys, time
+stop, out, deadline = sys.argv[1], sys.argv[2], time.monotonic() + 120
+ok = errors = 0
+releases, samples = {}, []
+while not os.path.exists(stop) and time.monotonic() < deadline and ok + errors < 20000:
+    try:
+        s = socket.create_connection((%(vip)r, %(port)d), timeout=3)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+        status = int(head.split()[1]) if head.startswith("HTTP/") else 0
+        release = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("x-release")), "?")
+        if status == 200:
+            ok += 1
+            releases[release] = releases.get(release, 0) + 1
+        else:
+            errors += 1
+            samples.append(f"HTTP {status}")
+    except Exception as exc:
+        errors += 1
+        samples.append(repr(exc))
+    time.sleep(0.01)
+json.dump({"ok": ok, "errors": errors, "releases": releases, "samples": samples[:5]}, open(out, "w"))
+""" % {"vip": VIP, "port": VIP_PORT}
+
+
+class ClientLoad:
+    """HTTP requests to the VIP from the lab's client namespace, counted (bounded in count and time)."""
+
+    def __init__(self, tmp: Path):
+        self.stop_file, self.out = tmp / "stop-load", tmp / "load.json"
+        self.proc = subprocess.Popen(["ip", "netns", "exec", "dsaslab-client", sys.executable, "-c", LOAD,
+                                      str(self.stop_file), str(self.out)])
+
+    def finish(self) -> dict:
+        self.stop_file.touch()
+        self.proc.wait(timeout=30)
+        return json.loads(self.out.read_text())
+
+
+@pytest.fixture
+def env(lab, tmp_path):
+    return {**os.environ, "DSAS_PROJECT": str(ROOT), "DSAS_STATE_DIR": str(tmp_path / "state"),
+            "DSAS_CACHE_DIR": str(tmp_path / "cache"), "CI": "true"}
+
+
+def dsas(env, *args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([*DSAS, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def weights(lab) -> dict[str, int]:
+    table = lab.run("lb1", "ipvsadm -Sn").stdout
+    return {line.split()[4]: int(line.split()[-1]) for line in table.splitlines() if line.startswith("-a")}
+
+
+def currents(lab) -> list[str]:
+    return [os.path.basename(os.readlink(lab.host_path(h, "/srv/labapp/current"))) for h in ("web1", "web2", "web3")]
+
+
+def baseline(lab, env) -> str:
+    """Every web host on v1 and in service: the release later tests go back to."""
+    faults.app_healthy(lab, "web1")
+    result = dsas(env, "deploy", "lab", "--revision", "v1", "--json")
+    assert result.returncode == 0, result.stderr
+    return [e for e in events(result.stdout) if e["type"] == "summary"][0]["release"]
+
+
+def test_rolling_deploy_with_zero_failed_requests(lab, env, tmp_path):
+    previous = baseline(lab, env)
+    before = weights(lab)
+    load = ClientLoad(tmp_path)
+    time.sleep(0.5)
+    result = dsas(env, "deploy", "lab", "--json")
+    traffic = load.finish()
+    assert result.returncode == 0, result.stderr
+    stream = events(result.stdout)
+    release = stream[-1]["release"]
+    assert release > previous
+    assert traffic["errors"] == 0, traffic
+    assert traffic["ok"] > 50 and release in traffic["releases"]
+    assert currents(lab) == [release] * 3
+    assert weights(lab) == before  # exactly the original weights
+    batches = [e for e in stream if e["type"] == "batch" and e["status"] == "started"]
+    assert [b["name"] for b in batches] == ["canary", "batch 2", "batch 3"]
+    drained = [e["host"] for e in stream if e["type"] == "lb" and e["status"] == "drained"]
+    assert drained == ["web1", "web2", "web3"]
+    warm = [e for e in stream if e["type"] == "gate" and e["name"] == "warm"]
+    assert len(warm) == 3 and all(w["figures"]["hit_ratio"] >= 0.5 for w in warm)
+    health = [e for e in stream if e["type"] == "gate" and e["name"] == "health"]
+    assert all(h["release"] == release and h["status"] == "ok" for h in health)
+    assert max(stream[-1]["round_trips"][h] for h in ("web1", "web2", "web3")) <= 4
+
+
+def test_failed_health_rolls_back_the_whole_fleet(lab, env, tmp_path):
+    good = baseline(lab, env)
+    before = weights(lab)
+    load = ClientLoad(tmp_path)
+    result = dsas(env, "deploy", "lab", "--revision", "bad-health", "--json")
+    traffic = load.finish()
+    assert result.returncode == 1, result.stderr
+    assert "health check failed" in result.stderr and "web1" in result.stderr
+    assert currents(lab) == [good] * 3
+    assert weights(lab) == before
+    assert traffic["errors"] == 0, traffic
+    log = Path(lab.host_path("web1", "/srv/labapp/revisions.log")).read_text().splitlines()
+    assert log[-1].split()[1] == "failed"
+    assert not any(Path(lab.host_path(h, "/srv/labapp/.dsas-lock")).exists() for h in ("web1", "web2", "web3"))
+    # rollback never picks the failed release
+    assert dsas(env, "releases", "lab", "--json").returncode == 0
+
+
+def test_capacity_guard_refuses_when_a_server_is_already_out(lab, env):
+    good = baseline(lab, env)
+    lab.run("lb1", "ipvsadm -e -t 10.77.1.10:80 -r 10.77.2.13:8080 -m -w 0")  # drained by hand
+    try:
+        result = dsas(env, "deploy", "lab")
+        assert result.returncode == 1
+        assert "capacity guard" in result.stderr and "already out: 10.77.2.13:8080" in result.stderr
+        assert currents(lab) == [good] * 3
+        assert weights(lab)["10.77.2.11:8080"] == 1 and weights(lab)["10.77.2.12:8080"] == 1
+    finally:
+        lab.run("lb1", "ipvsadm -e -t 10.77.1.10:80 -r 10.77.2.13:8080 -m -w 1")
+
+
+def _run_until(env, args, predicate):
+    """Start dsas, read its JSON events until predicate(event) holds; return the process."""
+    proc = subprocess.Popen([*DSAS, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in proc.stdout:
+        if line.startswith("{"):
+            event = json.loads(line)
+            seen.append(event)
+            if predicate(event):
+                return proc, seen
+    proc.wait()
+    raise AssertionError(f"dsas ended before the point of interest: {proc.stderr.read()} {seen[-3:]}")
+
+
+def test_sigkill_mid_rollout_then_recover(lab, env):
+    good = baseline(lab, env)
+    before = weights(lab)
+    proc, seen = _run_until(env, ["deploy", "lab", "--revision", "slow-start", "--json"],
+                            lambda e: e["type"] == "lb" and e.get("host") == "web2" and e["status"] == "drained")
+    proc.send_signal(signal.SIGKILL)  # no finally block runs: only the journal knows
+    proc.wait()
+    assert weights(lab)["10.77.2.12:8080"] == 0  # web2 is out of the pool right now
+    refused = dsas(env, "deploy", "lab")
+    assert refused.returncode == 3 and "dsas recover lab" in refused.stderr
+    result = dsas(env, "recover", "lab", "--json")
+    assert result.returncode == 0, result.stderr
+    assert weights(lab) == before
+    assert currents(lab) == [good] * 3
+    assert not any(Path(lab.host_path(h, "/srv/labapp/.dsas-lock")).exists() for h in ("web1", "web2", "web3"))
+    again = dsas(env, "recover", "lab")
+    assert again.returncode == 0 and "nothing to recover" in again.stdout
+
+
+def test_sigterm_mid_rollout_puts_everything_back(lab, env):
+    good = baseline(lab, env)
+    before = weights(lab)
+    proc, _ = _run_until(env, ["deploy", "lab", "--revision", "slow-start", "--json"],
+                         lambda e: e["type"] == "phase_finished" and e["phase"] == "publish")
+    proc.send_signal(signal.SIGTERM)  # during the canary's health gate (slow start)
+    out, err = proc.stdout.read(), proc.stderr.read()  # (communicate() would lose what the iterator buffered)
+    proc.wait(timeout=120)
+    assert proc.returncode == 1, err
+    assert weights(lab) == before
+    assert currents(lab) == [good] * 3
+    summary = [json.loads(line) for line in out.splitlines() if line.startswith("{")][-1]
+    assert summary["type"] == "summary" and summary["exit_code"] == 1
