@@ -134,8 +134,19 @@ def _exports(ctx: ReleaseContext, paths: ReleasePaths) -> list[str]:
 
 
 def run_in(directory: str, command: str, step: str) -> list[str]:
-    """Announce a step, then run a user command in `directory` with its stdout on stderr."""
-    return [mark_literal("step", step), f"(cd {q(directory)} && sh -c {q(command)}) 1>&2"]
+    """Announce a step, then run a user command in `directory` with its stdout on stderr.
+
+    stdin is /dev/null: in the prepare phase stdin is the release archive, which a hook
+    must never read from.
+    """
+    return [mark_literal("step", step), f"(cd {q(directory)} && sh -c {q(command)}) </dev/null 1>&2"]
+
+
+def guarded(lines: list[str], error: str) -> str:
+    """Run `lines` in a child shell that stops at the first failure; on failure set rc=1 and
+    print an error marker. (`if ( set -e; ... )` would NOT stop: shells ignore -e there.)"""
+    body = "\n".join(lines)
+    return f"if sh -ec {q(body)}; then :; else rc=1; {mark_literal('error', error)}; fi"
 
 
 def prepare_script(paths: ReleasePaths, ctx: ReleaseContext, linked_files: Sequence[str],
@@ -254,13 +265,16 @@ def revert_script(paths: ReleasePaths, ctx: ReleaseContext, restarts: Sequence[t
     """
     serving = ReleaseContext(ctx.stage, ctx.previous or "", "", ctx.previous)  # restarts see the old release
     lines = _exports(serving, paths) + [f"export DSAS_FAILED_RELEASE={q(ctx.release_id)}", "rc=0"]
-    lines.append(f"if ( set -e; {'; '.join(switch_lines(paths, ctx.previous))} ); then :; else rc=1; "
-                 + mark("error", "switch") + "; fi")
+    switch = switch_lines(paths, ctx.previous)
+    if ctx.previous is not None:  # verify, not trust: current must now name the previous release
+        switch.append(f"[ \"$(readlink {q(paths.current)})\" = {q('releases/' + ctx.previous)} ]")
+    lines.append(guarded(switch, "switch"))
     if ctx.previous is not None:
         for role, command in restarts:
-            lines.append(f"if ( set -e; {'; '.join(run_in(paths.current, command, f'restart {role}'))} ); "
-                         f"then :; else rc=1; " + mark("error", f"restart_{role}") + "; fi")
+            lines.append("[ $rc = 0 ] && " + guarded(run_in(paths.current, command, f"restart {role}"),
+                                                     f"restart_{role}"))
     if log_entry is not None:
         lines.append(f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}")
-    unlock = release_lines(paths, lock_token) if lock_token else []
-    return lines + unlock + [mark_literal("reverted", ctx.previous or "-"), 'exit "$rc"']
+    # the lock stays when the way back failed: the next deploy must not start on a half state
+    unlock = ["if [ $rc = 0 ]; then", *release_lines(paths, lock_token), "fi"] if lock_token else []
+    return lines + unlock + ['[ $rc = 0 ] && ' + mark_literal("reverted", ctx.previous or "-"), 'exit "$rc"']

@@ -134,7 +134,7 @@ class HealthCheck(Model):
 
     path: str = "/"
     port: Optional[int] = Field(default=None, ge=1, le=65535)  # default: lb.real_port
-    scheme: Literal["http", "https"] = "http"
+    scheme: Literal["http"] = "http"  # TLS health checks: not yet (check the plain port)
     host_header: Optional[str] = None
     expect_status: list[int] = [200]
     expect_body: Optional[str] = None

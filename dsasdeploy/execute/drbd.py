@@ -22,8 +22,8 @@ from ..config.schema import DrbdResource
 from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
 from ..status import ExitStatus
-from .flow import FlowResult, ReleaseFlow, signals_deferred
-from .pool import run_parallel
+from .flow import FlowResult, ReleaseFlow
+from .pool import run_parallel, signals_deferred
 
 Builder = Callable[[DrbdResource], list[str]]
 
@@ -175,21 +175,30 @@ class DrbdFlow:
                                   script="\n".join(step.build(self.resource)) + "\n")
             return FlowResult(ExitStatus.OK, f"dry run: {self.resource.name} would move from {source} to {target}; "
                               f"nothing was changed")
-        self.lock(lock_wait)
         started = time.monotonic()
         done: list[Step] = []
         try:
+            self.lock(lock_wait)
+            # the state may have moved while we waited for the lock: decide again, under it
+            states = self.read()
+            again = cmd.switch_refusals(self.resource, states, source, target)
+            if again:
+                raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(again)
+                                  + "; nothing was changed")
             for step in STEPS:
                 self.run_step(step, hosts)
                 done.append(step)
         except BaseException as exc:
+            if not done and not isinstance(exc, KeyboardInterrupt) and "nothing was changed" in str(exc):
+                raise
             with signals_deferred():
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
                 self.walk_back(done, exc, hosts, reason)
             raise RemoteError(f"switchover of {self.resource.name} failed ({reason}); walked back: {source} is "
                               f"the Primary again, services answer") from None
         finally:
-            self.unlock()
+            with signals_deferred():
+                self.unlock()
         seconds = time.monotonic() - started
         return FlowResult(ExitStatus.OK, f"{self.resource.name} switched over from {source} to {target} "
                           f"in {seconds:.1f}s; services answer on the new primary")
@@ -266,15 +275,20 @@ class DrbdFlow:
     def lock(self, lock_wait: float) -> None:
         owner = self.flow.lock_owner("drbd switchover", self.resource.name)
         deadline = time.monotonic() + lock_wait
+        names = {h.name for h in self.nodes}
+        self.lock_hosts = list(self.nodes) + [h for h in self.flow.stage.release_hosts() if h.name not in names]
         while True:
             held = []
-            for host in self.nodes:
+
+            def take(host: Host):
                 lines = [f"mkdir -p {q(host.deploy_to)}"] + lockcmd.acquire_lines(host.paths, owner)
-                result = self.backend.run(host, lines)
-                if "DSAS lock acquired" in result.stdout:
-                    self.flow.locked.add(host.name)
+                return self.backend.run(host, lines)
+
+            for outcome in run_parallel(self.lock_hosts, take, self.flow.limit):
+                if outcome.ok and "DSAS lock acquired" in outcome.value.stdout:
+                    self.flow.locked.add(outcome.host.name)
                 else:
-                    held.append(host.name)
+                    held.append(outcome.host.name)
             if not held:
                 return
             self.unlock()
@@ -284,8 +298,8 @@ class DrbdFlow:
             time.sleep(1)
 
     def unlock(self) -> None:
-        for host in self.nodes:
-            if host.name in self.flow.locked:
-                result = self.backend.run(host, lockcmd.release_lines(host.paths, self.flow.token))
-                if result.ok:
-                    self.flow.locked.discard(host.name)
+        hosts = [h for h in getattr(self, "lock_hosts", self.nodes) if h.name in self.flow.locked]
+        for outcome in run_parallel(hosts, lambda h: self.backend.run(h, lockcmd.release_lines(h.paths, self.flow.token)),
+                                    self.flow.limit):
+            if outcome.ok and outcome.value.ok:
+                self.flow.locked.discard(outcome.host.name)

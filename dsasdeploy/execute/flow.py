@@ -13,12 +13,11 @@ and releases the lock. Whatever could not be undone is named, with exit 4.
 from __future__ import annotations
 
 import os
-import signal
+import random
 import socket
 import subprocess
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +35,7 @@ from ..plan.releases import common_releases, releases_to_prune, rollback_target
 from ..report.events import EventBus
 from ..status import ExitStatus
 from .backend import Backend, ExecResult
-from .pool import run_parallel
+from .pool import run_parallel, signals_deferred
 
 MIN_FREE_KB = 100 * 1024
 UNPACK_FACTOR = 4  # free space wanted per byte of compressed archive
@@ -62,21 +61,6 @@ class FlowResult:
     release: Optional[str] = None
     revision: Optional[str] = None
     ref: Optional[str] = None
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """While undoing, Ctrl-C and SIGTERM must not interrupt the way back."""
-    try:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: nothing to defer
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def lock_is_stale(owner: Optional[lockcmd.LockOwner]) -> Optional[bool]:
@@ -114,6 +98,9 @@ class ReleaseFlow:
         self.aux_hosts: tuple[Host, ...] = ()  # hosts the run talks to without releasing (directors)
 
     # ---- building blocks -------------------------------------------------------------
+
+    def host_by_name(self, name: str) -> Host:
+        return next(h for h in self.stage.hosts if h.name == name)
 
     def connect_all(self) -> None:
         """Open every connection (host keys verified); all must succeed."""
@@ -178,8 +165,14 @@ class ReleaseFlow:
     def acquire_locks(self, owner: lockcmd.LockOwner, lock_wait: float) -> dict[str, rel.HostProbe]:
         """Take the lock on every host, or none: waits up to `lock_wait` seconds, then exit 3."""
         deadline = time.monotonic() + max(0.0, lock_wait)
+        contention_retries = 3
         while True:
             probes = self.probe_all(owner, create=True)
+            missing = [n for n, p in probes.items() if p.lock not in ("acquired", "held")]
+            if missing:
+                self.release_locks()
+                raise RemoteError("; ".join(f"{n}: {self.host_by_name(n).deploy_to} does not exist and cannot be "
+                                            f"created" for n in missing) + "; nothing was changed")
             held = {name: p for name, p in probes.items() if p.lock != "acquired"}
             for name in probes:
                 if name not in held:
@@ -191,6 +184,14 @@ class ReleaseFlow:
             holder = probe.lock_owner.describe(self.clock()) if probe.lock_owner else "an unknown owner (no owner file)"
             stale = lock_is_stale(probe.lock_owner)
             remaining = deadline - time.monotonic()
+            started = probe.lock_owner.since_datetime() if probe.lock_owner else None
+            racing = started is not None and abs((self.clock() - started).total_seconds()) < 10
+            if racing and len(held) < len(probes) and contention_retries > 0:
+                # two runs started together and split the hosts between them: both backed off;
+                # retry after a random pause so that one of them wins instead of neither
+                contention_retries -= 1
+                time.sleep(random.uniform(0.1, 0.8))
+                continue
             if remaining > 0 and not stale:
                 self.bus.emit("lock", host=name, status="waiting", message=holder, seconds_left=round(remaining, 1))
                 time.sleep(min(2.0, remaining))
@@ -199,6 +200,16 @@ class ReleaseFlow:
             hint = (f"; it is STALE (that process is gone): break it with `dsas unlock {self.stage.name}`"
                     if stale else f"; wait for it (--lock-wait SECONDS) or, if it is dead, `dsas unlock {self.stage.name}`")
             raise LockHeld(f"stage '{self.stage.name}' is locked on {name} ({len(held)} host(s)) by {holder}{hint}")
+
+    def acquire_locks_safely(self, owner: lockcmd.LockOwner, lock_wait: float) -> dict[str, rel.HostProbe]:
+        """acquire_locks, and on Ctrl-C/SIGTERM meanwhile give back whatever was taken."""
+        try:
+            return self.acquire_locks(owner, lock_wait)
+        except KeyboardInterrupt:
+            with signals_deferred():
+                self.locked = {h.name for h in self.hosts}  # release_lines only removes OUR token
+                self.release_locks()
+            raise RemoteError("interrupted while taking the lock; nothing was changed") from None
 
     def phase(self, name: str, hosts: Sequence[Host], lines_for: Callable[[Host], list[str]],
               stdin: Optional[Path] = None, strict: bool = True) -> dict[str, tuple[bool, str, str]]:
@@ -230,7 +241,9 @@ class ReleaseFlow:
 
     def run_local_hooks(self, when: str, phase: str, env: dict[str, str]) -> None:
         for name, command in local_hooks(self.stage, when, phase):
-            full_env = {**os.environ, **env, "DSAS_PHASE": f"{when}_{phase}"}
+            inherited = {k: v for k, v in os.environ.items()
+                         if not k.startswith(("DSAS_SSH_", "DSAS_KNOWN_HOSTS"))}  # secrets stay with dsas
+            full_env = {**inherited, **env, "DSAS_PHASE": f"{when}_{phase}"}
             completed = subprocess.run(command, shell=True, cwd=self.stage.project_dir, env=full_env,
                                        stdin=subprocess.DEVNULL, capture_output=True, text=True)
             status = "ok" if completed.returncode == 0 else "failed"
@@ -262,7 +275,7 @@ class ReleaseFlow:
         self.connect_all()
         if dry_run:
             return self._dry_run_deploy(revision, ref, archive)
-        probes = self.acquire_locks(self.lock_owner("deploy", revision), lock_wait)
+        probes = self.acquire_locks_safely(self.lock_owner("deploy", revision), lock_wait)
         release_id: Optional[str] = None
         switched = False
         contexts: dict[str, rel.ReleaseContext] = {}
@@ -298,8 +311,9 @@ class ReleaseFlow:
                 where = "after the switch; every host was switched back" if switched else "before any switch; nothing changed"
                 raise RemoteError(f"interrupted {where}") from None
             raise
-        self._finish(contexts, release_id, revision, ref, probes)
-        self.completed("deployed")
+        with signals_deferred():  # the release is live everywhere: finish, do not undo
+            self._finish(contexts, release_id, revision, ref, probes)
+            self.completed("deployed")
         self.run_local_hooks_quietly("after", "finish", self.hook_env(release_id, revision))
         for record in self.records.values():
             record.outcome, record.release = "deployed", release_id
@@ -465,7 +479,7 @@ class ReleaseFlow:
         """Switch every host to an earlier good release (the previous one, or --to)."""
         self.connect_all()
         probes = (self.probe_all(None, create=False) if dry_run
-                  else self.acquire_locks(self.lock_owner("rollback", requested or ""), lock_wait))
+                  else self.acquire_locks_safely(self.lock_owner("rollback", requested or ""), lock_wait))
         try:
             currents = {p.current for p in probes.values() if p.current}
             newest = max(currents) if currents else None

@@ -8,13 +8,13 @@ change as a record the journal keeps before the change is made.
 from __future__ import annotations
 
 import time
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 from ..commands.lb import haproxy, lvs
 from ..config.schema import LbSettings
 from ..errors import RemoteError, UsageError
 from ..inventory import Host
-from ..plan.rollout import capacity_refusal, ramp_weights
+from ..plan.rollout import capacity_refusal, count_of, ramp_weights
 from .pool import run_parallel
 
 
@@ -71,7 +71,11 @@ class LvsDriver:
                 reason = outcome.error or outcome.value.stderr_tail()
                 problems.append(f"{name}: cannot read the IPVS table: {reason}")
                 continue
-            services, keepalived = lvs.parse_read(outcome.value.stdout)
+            try:
+                services, keepalived = lvs.parse_read(outcome.value.stdout)
+            except ValueError as exc:
+                problems.append(f"{name}: unreadable ipvsadm output ({exc})")
+                continue
             if keepalived and self.settings.keepalived == "refuse":
                 problems.append(f"{name}: keepalived manages IPVS here and would undo a raw ipvsadm edit; set "
                                 f"lb.keepalived to 'maintenance_file' (check-driven drain with inhibit_on_failure) "
@@ -117,11 +121,18 @@ class LvsDriver:
                 if not targets:
                     continue
                 weights = {rs: real.weight for rs, real in service.reals.items()}
-                refusal = capacity_refusal(f"{service.key} on {director}", weights, targets, cap)
+                # a percentage applies to THIS service's pool, never more than the stage-wide cap
+                service_cap = min(cap, count_of(self.flow.stage.settings.rollout.max_unavailable, len(weights)))
+                refusal = capacity_refusal(f"{service.key} on {director}", weights, targets, service_cap)
                 if refusal:
                     problems.append(refusal)
                 for host in batch:
                     real = service.reals.get(self.rs(host))
+                    if real is not None and real.weight == 0:
+                        problems.append(f"{host.name} ({real.address}) already has weight 0 in {service.key} on "
+                                        f"{director}: drained by hand or by an interrupted run? Restore it (or run "
+                                        f"`dsas recover {self.flow.stage.name}`) first; dsas will not record 0 as "
+                                        f"its original weight")
                     if real is not None:
                         records.append({"host": host.name, "director": director, "service": service.key,
                                         "real": real.address, "method": real.method, "weight": real.weight,
@@ -153,7 +164,11 @@ class LvsDriver:
                 reason = outcome.error or outcome.value.stderr_tail()
                 problems.append(f"{name}: ipvsadm edit failed: {reason}")
                 continue
-            services, _ = lvs.parse_read(outcome.value.stdout)
+            try:
+                services, _ = lvs.parse_read(outcome.value.stdout)
+            except ValueError as exc:
+                problems.append(f"{name}: unreadable ipvsadm output after the edit ({exc})")
+                continue
             for r in by_director[name]:
                 real = services.get(r["service"], lvs.VirtualService("", "", "")).reals.get(r["real"])
                 if real is None:
@@ -275,6 +290,23 @@ class HaproxyDriver:
             raise RemoteError("; ".join(problems))
         return answers
 
+    def _command(self, commands: list[str]) -> None:
+        """Runtime API commands that answer nothing on success; any answer is an error."""
+        for balancer, answer in self._api(commands).items():
+            if answer.strip():
+                raise RemoteError(f"{balancer}: HAProxy refused `{'; '.join(commands)}`: {answer.strip()[:200]}")
+
+    def _await_status(self, hosts: list[str], wanted: Callable[[str], bool], what: str) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while True:
+            wrong = [f"{h}@{b}: {rows.get(h, {}).get('status', 'missing')}" for b, rows in self._rows().items()
+                     for h in hosts if not wanted(rows.get(h, {}).get("status", ""))]
+            if not wrong:
+                return
+            if time.monotonic() >= deadline:
+                raise RemoteError(f"HAProxy did not show {what}: {', '.join(wrong)}")
+            time.sleep(self.settings.poll_interval)
+
     def _rows(self) -> dict[str, dict[str, dict[str, str]]]:
         return {name: haproxy.server_rows(haproxy.parse_show_stat(text), self.settings.haproxy_backend)
                 for name, text in self._api(["show stat"]).items()}
@@ -299,7 +331,8 @@ class HaproxyDriver:
 
     def drain(self, records: list[dict]) -> None:
         hosts = sorted({r["host"] for r in records})
-        self._api([haproxy.set_state(self.settings.haproxy_backend, h, "drain") for h in hosts])
+        self._command([haproxy.set_state(self.settings.haproxy_backend, h, "drain") for h in hosts])
+        self._await_status(hosts, lambda status: status.startswith(("DRAIN", "MAINT")), "DRAIN")
 
     def wait_drained(self, batch: Sequence[Host]) -> None:
         deadline = time.monotonic() + self.settings.drain_timeout
@@ -317,7 +350,8 @@ class HaproxyDriver:
     def restore(self, records: list[dict]) -> None:
         hosts = sorted({r["host"] for r in records})
         if hosts:
-            self._api([haproxy.set_state(self.settings.haproxy_backend, h, "ready") for h in hosts])
+            self._command([haproxy.set_state(self.settings.haproxy_backend, h, "ready") for h in hosts])
+            self._await_status(hosts, lambda status: not status.startswith(("DRAIN", "MAINT")), "the servers ready")
 
 
 def make_driver(flow, settings: Optional[LbSettings]) -> PoolDriver:

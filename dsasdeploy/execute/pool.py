@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Generic, Optional, Sequence, TypeVar
+from typing import Callable, Generic, Iterator, Optional, Sequence, TypeVar
 
 from ..inventory import Host
 
@@ -20,6 +22,22 @@ class HostOutcome(Generic[T]):
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM are ignored inside: used while undoing, and while remote scripts
+    that were already started finish (a second interrupt must not race them)."""
+    try:
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: nothing to defer
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int) -> list[HostOutcome[T]]:
@@ -43,7 +61,8 @@ def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int) -
     except BaseException:
         for future in futures:
             future.cancel()
-        executor.shutdown(wait=True)
+        with signals_deferred():
+            executor.shutdown(wait=True)
         raise
     finally:
         executor.shutdown(wait=False)

@@ -14,20 +14,21 @@ finish the job after a crash or SIGKILL.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ..commands import release as rel
-from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError
+from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
 from ..plan.hooks import remote_hooks
 from ..plan.rollout import max_unavailable, plan_batches
 from ..status import ExitStatus
-from .flow import FlowResult, ReleaseFlow, signals_deferred
+from .flow import FlowResult, HostRecord, ReleaseFlow
 from .gates import direct_opener, health_gate, ssh_opener, warm_gate
 from .journal import Journal, JournalState, journal_path
 from .lb import make_driver
-from .pool import run_parallel
+from .pool import run_parallel, signals_deferred
 
 
 @dataclass
@@ -90,17 +91,18 @@ class RollingFlow(ReleaseFlow):
     def publish(self, contexts: dict[str, rel.ReleaseContext], hook_phase: str = "publish") -> None:
         ctx0 = next(iter(contexts.values()))
         batches = plan_batches(self.hosts, self.stage.settings.rollout, self.pool_size)
-        self.journal.begin(stage=self.stage.name, release=ctx0.release_id, revision=ctx0.revision,
+        self.journal.begin(stage=self.stage.name, command="rollback" if hook_phase == "rollback" else "deploy",
+                           release=ctx0.release_id, revision=ctx0.revision,
                            previous={n: c.previous for n, c in contexts.items()}, token=self.token,
-                           pid=os.getpid(), hosts=[h.name for h in self.hosts],
+                           pid=os.getpid(), controller=socket.gethostname(), hosts=[h.name for h in self.hosts],
                            batches=[[h.name for h in b] for b in batches])
         for index, batch in enumerate(batches):
             label = "canary" if index == 0 and self.stage.settings.rollout.canary else f"batch {index + 1}"
             self.bus.emit("batch", status="started", name=label, hosts=[h.name for h in batch],
                           index=index + 1, of=len(batches))
-            self.roll_batch(batch, lambda h: contexts[h.name], forward=True, hook_phase=hook_phase)
-            self.done.append(batch)
+            self.roll_batch(batch, lambda h: contexts[h.name], forward=True, hook_phase=hook_phase, done=self.done)
             self.bus.emit("batch", status="done", name=label, hosts=[h.name for h in batch])
+        self.journal.record("published")  # every host is on the new release and in service
 
     def completed(self, outcome: str) -> None:
         self.journal.end(outcome)
@@ -108,31 +110,42 @@ class RollingFlow(ReleaseFlow):
     # ---- one batch ---------------------------------------------------------------------
 
     def roll_batch(self, batch: list[Host], context_of: Callable[[Host], rel.ReleaseContext],
-                   forward: bool, hook_phase: str = "publish") -> None:
-        """Drain, switch (forward: to the new release; else back), gate, restore."""
+                   forward: bool, hook_phase: str = "publish", done: Optional[list] = None,
+                   records: Optional[list[dict]] = None, switch: Optional[set] = None) -> None:
+        """Drain, switch (forward: to the new release; else back), gate, restore.
+
+        `records`: drain records already known (recover: from the journal; no capacity guard,
+        these hosts are out already). `switch`: only these host names change release.
+        `done`: the batch is appended there at the same instant it stops being in flight.
+        """
         self.in_flight = InFlight(batch)
-        self.in_flight.records = self.driver.plan_drain(batch, self.cap)
-        for record in self.in_flight.records:
-            self.journal.record("drain", **record)
+        self.in_flight.records = records if records is not None else self.driver.plan_drain(batch, self.cap)
+        if records is None:
+            for record in self.in_flight.records:
+                self.journal.record("drain", **record)
         self.driver.drain(self.in_flight.records)
         self.driver.wait_drained(batch)
-        for host in batch:
+        movers = [h for h in batch if switch is None or h.name in switch]
+        for host in movers:
             ctx = context_of(host)
             self.journal.record("switch" if forward else "switch_back", host=host.name,
                                 release=ctx.release_id if forward else ctx.previous)
-        self.in_flight.switched = True
-        if forward:
-            results = self.phase("publish", batch, lambda h: rel.publish_script(
+        self.in_flight.switched = bool(movers)
+        if movers and forward:
+            results = self.phase("publish", movers, lambda h: rel.publish_script(
                 h.paths, context_of(h), self.stage.restart_commands(h),
                 before=remote_hooks(self.stage, "before", hook_phase, h, self.hosts),
                 after=remote_hooks(self.stage, "after", hook_phase, h, self.hosts)))
             self._raise_on_failure("publish", results)
-        else:
-            self.switch_back(batch, context_of)
+        elif movers:
+            self.switch_back(movers, context_of)
         self.gates(batch, lambda h: context_of(h).release_id if forward else context_of(h).previous,
                    warm=forward)
         self.restore(self.in_flight)
-        self.in_flight = None
+        with signals_deferred():
+            if done is not None:
+                done.append(batch)
+            self.in_flight = None
 
     def switch_back(self, batch: Sequence[Host], context_of) -> None:
         results = self.phase("revert", batch, lambda h: rel.revert_script(
@@ -209,7 +222,7 @@ class RollingFlow(ReleaseFlow):
         for batch in reversed(self.done):
             try:
                 self.roll_batch(batch, lambda h: contexts[h.name], forward=False)
-            except DsasError as exc:
+            except Exception as exc:  # noqa: BLE001 - keep going: every other batch must still go back
                 leftover, self.in_flight = self.in_flight, None
                 if leftover is not None:
                     stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name], already_back=True)
@@ -217,8 +230,8 @@ class RollingFlow(ReleaseFlow):
         ctx0 = next(iter(contexts.values()))
         entry = self.log_entry("failed", release=ctx0.release_id, revision=ctx0.revision, ref=ref,
                                reason=reason[:120])
-        results = self.phase("mark_failed", self.hosts,
-                             lambda h: rel.log_and_unlock_script(h.paths, entry if mark else None, self.token))
+        results = self.phase("mark_failed", self.hosts, strict=False, lines_for=lambda h: rel.log_and_unlock_script(
+            h.paths, entry if mark else None, self.token))
         for name, (ok, _, _) in results.items():
             if ok:
                 self.locked.discard(name)
@@ -229,86 +242,121 @@ class RollingFlow(ReleaseFlow):
         self.journal.end("rolled_back")
 
     def _undo_in_flight(self, flight: InFlight, context_of, already_back: bool = False) -> list[str]:
-        """Put a drained batch back: switch back if switched, check the old release, restore."""
-        healthy = list(flight.batch)
-        stuck = []
+        """Put a drained batch back: switch back if switched, check the old release, restore.
+
+        A host whose switch back fails (its SSH died) is checked over HTTP: if it still
+        serves healthy responses it goes back into the pool, and is reported either way.
+        """
+        names = ", ".join(h.name for h in flight.batch)
+        stuck: list[str] = []
+        lost = False
         if flight.switched and not already_back:
             try:
                 self.switch_back(flight.batch, context_of)
-            except DsasError as exc:
-                return [f"{', '.join(h.name for h in flight.batch)} left OUT of the pool: could not switch back "
-                        f"({exc})"]
+            except Exception as exc:  # noqa: BLE001
+                stuck.append(f"{names}: could not switch back ({exc})")
+                lost = True
         if flight.switched:
             try:
-                self.gates(flight.batch, lambda h: context_of(h).previous, warm=False)
-            except DsasError as exc:
-                return [f"{', '.join(h.name for h in flight.batch)} left OUT of the pool (drained): the previous "
-                        f"release is not healthy either: {exc}"]
+                # after a lost host we cannot know which release it serves: require health only
+                self.gates(flight.batch, (lambda h: None) if lost else (lambda h: context_of(h).previous),
+                           warm=False)
+            except Exception as exc:  # noqa: BLE001
+                return stuck + [f"{names} left OUT of the pool (drained): not healthy after the way back: {exc}"]
         try:
             self.restore(flight)
-        except DsasError as exc:
-            stuck.append(f"{', '.join(h.name for h in healthy)} may still be drained: restore failed: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            stuck.append(f"{names} may still be drained: restore failed: {exc}")
         return stuck
 
     # ---- recover -------------------------------------------------------------------------
 
     def recover(self, forward: bool) -> FlowResult:
-        """After a crash: every server back in service on one release (the old one by default)."""
+        """After a crash: every server back in service on one release (the old one by default).
+
+        Works on the hosts the journal names (not on --hosts), drains before it switches,
+        and switches + restarts every host the crashed run may have touched.
+        """
         records = self.journal.unfinished()
         if not records:
             return FlowResult(ExitStatus.OK, f"nothing to recover: no unfinished rolling release of '{self.stage.name}'")
         state = JournalState.replay(records)
         begin = state.begin
+        owner_alive = begin.get("controller") == socket.gethostname() and begin.get("pid") and \
+            lock_is_stale_pid(int(begin["pid"])) is False
+        if owner_alive:
+            raise LockHeld(f"the run that wrote {self.journal.path} (pid {begin['pid']}) is still running; "
+                           f"let it finish or stop it first")
+        by_name = {h.name: h for h in self.stage.hosts}
+        names = begin.get("hosts") or []
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise UsageError(f"the journal names hosts no longer in stage '{self.stage.name}': {', '.join(missing)}")
+        self.hosts = tuple(by_name[n] for n in names)
+        self.records = {n: HostRecord() for n in names}
+        self.aux_hosts = tuple(h for h in self.stage.hosts_with_role("lb") if h.name not in names)
         release, revision = begin.get("release"), begin.get("revision", "")
+        if "published" in [r.get("event") for r in records]:
+            forward = True  # every host was already on the new release and in service
         self.token = begin.get("token", self.token)  # act as the dead run: its lock is ours to release
         self.attempt.update(release=release, revision=revision)
         self.connect_all()
         probes = self.probe_all(None, create=False)
-        contexts = {h.name: rel.ReleaseContext(self.stage.name, release, revision, state.previous.get(h.name))
-                    for h in self.hosts}
+        contexts = {n: rel.ReleaseContext(self.stage.name, release, revision, state.previous.get(n)) for n in names}
         self.bus.emit("recover", status="started", release=release, forward=forward,
                       drained=sorted(state.drained), switched=sorted(state.switched))
 
         def target(host: Host) -> Optional[str]:
             return release if forward else contexts[host.name].previous
 
-        def needs_change(host: Host) -> bool:
-            return probes[host.name].current != target(host)
-
+        unknown = [h.name for h in self.hosts if target(h) is None]
+        if unknown:
+            raise IncompleteRestore(f"{', '.join(unknown)} had no release before the interrupted run: there is "
+                                    f"nothing to go back to; use `dsas recover {self.stage.name} --forward`")
+        change = {h.name for h in self.hosts if h.name in state.switched or probes[h.name].current != target(h)}
+        stuck: list[str] = []
         with signals_deferred():
-            stuck: list[str] = []
             drained = [h for h in self.hosts if h.name in state.drained]
             if drained:
-                flight = InFlight(drained, [r for h in drained for r in state.drained[h.name]], switched=False)
-                change = [h for h in drained if needs_change(h)]
+                journal_records = [r for h in drained for r in state.drained[h.name]]
                 try:
-                    if change:
-                        if forward:
-                            results = self.phase("publish", change, lambda h: rel.publish_script(
-                                h.paths, contexts[h.name], self.stage.restart_commands(h)))
-                            self._raise_on_failure("publish", results)
-                        else:
-                            self.switch_back(change, lambda h: contexts[h.name])
-                    self.gates(drained, target, warm=False)
-                    self.restore(flight)
-                except DsasError as exc:
+                    self.roll_batch(drained, lambda h: contexts[h.name], forward=forward,
+                                    records=journal_records, switch=change)
+                except Exception as exc:  # noqa: BLE001
+                    leftover, self.in_flight = self.in_flight, None
+                    if leftover is not None:
+                        stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name])
                     stuck.append(f"{', '.join(h.name for h in drained)}: {exc}")
-            rest = [h for h in self.hosts if h.name not in state.drained and needs_change(h)]
+            rest = [h for h in self.hosts if h.name not in state.drained and h.name in change]
             for batch in plan_batches(rest, self.stage.settings.rollout, self.pool_size) if rest else []:
                 try:
                     self.roll_batch(batch, lambda h: contexts[h.name], forward=forward)
-                except DsasError as exc:
+                except Exception as exc:  # noqa: BLE001
                     leftover, self.in_flight = self.in_flight, None
                     if leftover is not None:
                         stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name])
                     stuck.append(f"{', '.join(h.name for h in batch)}: {exc}")
-            entry = self.log_entry("deployed" if forward else "failed", release=release, revision=revision,
-                                   reason="" if forward else "recovered_after_crash")
-            self.phase("finish", self.hosts, lambda h: rel.log_and_unlock_script(h.paths, entry, self.token))
+            was_rollback = begin.get("command") == "rollback"
+            event = "deployed" if forward and not was_rollback else ("rolled_back" if forward else "failed")
+            entry = None if (was_rollback and not forward) else self.log_entry(
+                event, release=release, revision=revision, reason="" if forward else "recovered_after_crash")
+            self.phase("finish", self.hosts, strict=False,
+                       lines_for=lambda h: rel.log_and_unlock_script(h.paths, entry, self.token))
             if stuck:
-                raise IncompleteRestore("; ".join(stuck))
+                raise IncompleteRestore("; ".join(stuck) + f"; the journal {self.journal.path} is kept")
             self.journal.end("recovered_forward" if forward else "recovered_back")
         where = f"release {release}" if forward else "the release each host had before"
         for host in self.hosts:
             self.records[host.name].outcome, self.records[host.name].release = "recovered", target(host)
         return FlowResult(ExitStatus.OK, f"recovered: every host in service on {where}", release=target(self.hosts[0]))
+
+
+def lock_is_stale_pid(pid: int) -> Optional[bool]:
+    """True if no process `pid` exists here, False if one does."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

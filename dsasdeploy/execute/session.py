@@ -81,6 +81,7 @@ class SessionFactory:
         if ssh_config_path is not None and not ssh_config_path.is_file():
             raise UsageError(f"ssh.ssh_config: {ssh_config_path} does not exist")
         ssh_config = SSHConfig.from_path(str(ssh_config_path)) if ssh_config_path else SSHConfig()
+        self._ssh_config = ssh_config
         # lazy=True: do not read /etc/fabric.yml or ~/.fabric.yml; an explicit SSHConfig
         # object: do not read ~/.ssh/config or /etc/ssh/ssh_config either.
         self._config = Config(lazy=True, ssh_config=ssh_config)
@@ -105,6 +106,11 @@ class SessionFactory:
         return kwargs
 
     def _new(self, address: str, port: int, user: str, gateway: Optional[Connection]) -> Connection:
+        found = self._ssh_config.lookup(address)
+        if "proxyjump" in found or "proxycommand" in found:
+            # Fabric would build those hops itself, with AutoAddPolicy: their host keys unchecked
+            raise UsageError(f"ssh.ssh_config: ProxyJump/ProxyCommand for {address} is not supported (jump hosts "
+                             f"would not have their host keys verified); use ssh.gateway instead")
         cxn = Connection(
             address, user=user, port=port, config=self._config, gateway=gateway,
             connect_timeout=self.ssh.connect_timeout, connect_kwargs=self._connect_kwargs(),

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from dsasdeploy.lab import faults
@@ -22,11 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DSAS = [sys.executable, "-m", "dsasdeploy"]
 
 LOAD = r"""
-import json, os, socket, sys, time
+import json, os, socket, sys, threading, time
 stop, out, deadline = sys.argv[1], sys.argv[2], time.monotonic() + 120
 ok = errors = 0
-releases, samples = {}, []
-while not os.path.exists(stop) and time.monotonic() < deadline and ok + errors < 20000:
+releases, samples, lock = {}, [], threading.Lock()
+
+def worker():
+    global ok, errors
+    while not os.path.exists(stop) and time.monotonic() < deadline and ok + errors < 60000:
+        one()
+
+def one():
+    global ok, errors
     try:
         s = socket.create_connection((%(vip)r, %(port)d), timeout=3)
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -40,17 +48,26 @@ while not os.path.exists(stop) and time.monotonic() < deadline and ok + errors <
         head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
         status = int(head.split()[1]) if head.startswith("HTTP/") else 0
         release = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("x-release")), "?")
-        if status == 200:
-            ok += 1
-            releases[release] = releases.get(release, 0) + 1
-        else:
-            errors += 1
-            samples.append(f"HTTP {status}")
+        with lock:
+            if status == 200:
+                ok += 1
+                releases[release] = releases.get(release, 0) + 1
+            else:
+                errors += 1
+                samples.append(f"HTTP {status}")
     except Exception as exc:
-        errors += 1
-        samples.append(repr(exc))
-    time.sleep(0.01)
-json.dump({"ok": ok, "errors": errors, "releases": releases, "samples": samples[:5]}, open(out, "w"))
+        with lock:
+            errors += 1
+            samples.append(repr(exc))
+
+started = time.monotonic()
+threads = [threading.Thread(target=worker) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+rate = (ok + errors) / max(time.monotonic() - started, 0.001)
+json.dump({"ok": ok, "errors": errors, "releases": releases, "samples": samples[:5], "rate": rate}, open(out, "w"))
 """ % {"vip": VIP, "port": VIP_PORT}
 
 
@@ -79,13 +96,26 @@ def dsas(env, *args, timeout=180) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL)
 
 
+SCHEMA = json.loads((ROOT / "dsasdeploy" / "report" / "events.schema.json").read_text())
+
+
 def events(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    """The --json events of a run, each validated against the published schema."""
+    found = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    for event in found:
+        jsonschema.validate(event, SCHEMA)
+    return found
 
 
 def weights(lab) -> dict[str, int]:
     table = lab.run("lb1", "ipvsadm -Sn").stdout
     return {line.split()[4]: int(line.split()[-1]) for line in table.splitlines() if line.startswith("-a")}
+
+
+def methods(lab) -> dict[str, str]:
+    """Real server -> forwarding flag (-m NAT, -g DR, -i TUN) from `ipvsadm -Sn`."""
+    table = lab.run("lb1", "ipvsadm -Sn").stdout
+    return {line.split()[4]: line.split()[5] for line in table.splitlines() if line.startswith("-a")}
 
 
 def currents(lab) -> list[str]:
@@ -112,9 +142,13 @@ def test_rolling_deploy_with_zero_failed_requests(lab, env, tmp_path):
     release = stream[-1]["release"]
     assert release > previous
     assert traffic["errors"] == 0, traffic
-    assert traffic["ok"] > 50 and release in traffic["releases"]
+    assert traffic["ok"] > 300 and release in traffic["releases"]
+    assert set(traffic["releases"]) <= {previous, release}  # only the old or the new release answered
+    print(f"\nclient load: {traffic['rate']:.0f} requests/s, {traffic['ok']} ok, 0 failed")
     assert currents(lab) == [release] * 3
     assert weights(lab) == before  # exactly the original weights
+    assert set(methods(lab).values()) == {"-m"}  # NAT stays NAT (ipvsadm -e resets what it is not told)
+    assert {lab.client_get("/")[1]["x-release"] for _ in range(9)} == {release}  # only the new one now
     batches = [e for e in stream if e["type"] == "batch" and e["status"] == "started"]
     assert [b["name"] for b in batches] == ["canary", "batch 2", "batch 3"]
     drained = [e["host"] for e in stream if e["type"] == "lb" and e["status"] == "drained"]
@@ -202,4 +236,58 @@ def test_sigterm_mid_rollout_puts_everything_back(lab, env):
     assert weights(lab) == before
     assert currents(lab) == [good] * 3
     summary = [json.loads(line) for line in out.splitlines() if line.startswith("{")][-1]
-    assert summary["type"] == "summary" and summary["exit_code"] == 1
+    assert summary["type"] == "summary" and summary["exit_code"] == 1, (out[-2000:], err)
+
+
+def test_warm_gate_fails_when_memcached_is_unreachable_in_batch_2(lab, env, tmp_path):
+    good = baseline(lab, env)
+    before = weights(lab)
+    load = ClientLoad(tmp_path)
+    proc, _ = _run_until(env, ["deploy", "lab", "--json"],
+                         lambda e: e["type"] == "batch" and e["status"] == "done" and e["name"] == "canary")
+    faults.memcached_unreachable(lab)
+    try:
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(timeout=120)
+    finally:
+        faults.memcached_reachable(lab)
+    traffic = load.finish()
+    assert proc.returncode == 1, err
+    assert "warm-up gate failed" in err and "memcached unreachable" in err
+    assert currents(lab) == [good] * 3  # the canary was rolled back too
+    assert weights(lab) == before
+    assert traffic["errors"] == 0, traffic
+    assert events(out)[-1]["exit_code"] == 1
+
+
+def test_web_host_lost_mid_rollout_is_reported_and_the_rest_restored(lab, env):
+    good = baseline(lab, env)
+    before = weights(lab)
+    proc, _ = _run_until(env, ["deploy", "lab", "--json"],
+                         lambda e: e["type"] == "batch" and e["status"] == "started" and e["name"] == "batch 3")
+    sshd = [pid for pid in lab_sshd_pids(lab, "web3")]
+    for pid in sshd:  # every sshd of web3, the session of dsas's connection included
+        os.kill(pid, signal.SIGKILL)
+    try:
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait(timeout=120)
+        assert proc.returncode == 4, err
+        assert "web3" in err
+        assert weights(lab) == before  # no server left drained: web3 still serves its old release
+        assert currents(lab)[:2] == [good] * 2
+        assert currents(lab)[2] == good  # web3 was never switched: its SSH died first
+    finally:
+        faults.start_sshd(lab, "web3")
+        dsas(env, "unlock", "lab", "--yes")
+
+
+def lab_sshd_pids(lab, host: str) -> list[int]:
+    pids = subprocess.run(["ip", "netns", "pids", f"dsaslab-{host}"], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sshd":
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found

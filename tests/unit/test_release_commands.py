@@ -180,3 +180,34 @@ def test_revert_reports_a_failed_restart_with_its_exit_code(tmp_path):
     code, out, _ = sh(rel.revert_script(paths, ctx, [("web", "exit 7")], None, None), strict=False)
     assert code == 1 and "DSAS error restart_web" in out
     assert os.readlink(tmp_path / "current") == "releases/20260101000000"  # the switch still happened
+
+
+def test_revert_fails_loudly_when_the_switch_fails(tmp_path):
+    """A failing mv (full or read-only disk) must not read as 'switched back' (shells ignore set -e
+    inside `if ( ... )`); the restart must not run on the failed release; the lock stays."""
+    paths = ReleasePaths(str(tmp_path))
+    for rid in ("20260101000000", "20260102000000"):
+        (tmp_path / "releases" / rid).mkdir(parents=True)
+    os.symlink("releases/20260102000000", tmp_path / "current")
+    fakebin = tmp_path / "bin"
+    fakebin.mkdir()
+    (fakebin / "mv").write_text("#!/bin/sh\necho 'mv: cannot move: No space left on device' >&2\nexit 1\n")
+    (fakebin / "mv").chmod(0o755)
+    sh(acquire_lines(paths, OWNER))
+    ctx = rel.ReleaseContext("p", "20260102000000", "bbb", "20260101000000")
+    lines = [f"PATH={fakebin}:$PATH"] + rel.revert_script(paths, ctx, [("web", "touch restarted-here")], None, "t0k")
+    code, out, _ = sh(lines, strict=False)
+    assert code == 1 and "DSAS error switch" in out and "DSAS reverted" not in out
+    assert os.readlink(tmp_path / "current") == "releases/20260102000000"
+    assert not (tmp_path / "releases" / "20260102000000" / "restarted-here").exists()
+    assert (tmp_path / ".dsas-lock").is_dir()
+
+
+def test_hooks_never_read_the_archive_on_stdin(tmp_path):
+    paths = ReleasePaths(str(tmp_path))
+    (tmp_path / "releases").mkdir()
+    ctx = rel.ReleaseContext("p", "20260101000000", "abc", None)
+    lines = rel.prepare_script(paths, ctx, [], [], before=[("eat", "cat > /dev/null")])
+    code, _, err = sh(lines, archive({"a.txt": "x"}))
+    assert code == 0, err
+    assert (tmp_path / "releases" / "20260101000000" / "a.txt").read_text() == "x"

@@ -46,4 +46,6 @@ def sessions(row: dict[str, str]) -> int:
 
 
 def in_service(row: dict[str, str]) -> bool:
-    return row.get("status", "").split(" ")[0] == "UP"
+    """UP (or "no check": a server without health checks is in service unless drained)."""
+    status = row.get("status", "")
+    return status.split(" ")[0] == "UP" or status == "no check"
