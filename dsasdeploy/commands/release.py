@@ -243,6 +243,20 @@ def finish_script(paths: ReleasePaths, log_entry: LogEntry, prune: Sequence[str]
     return lines
 
 
+def migrate_script(ctx: ReleaseContext, paths: ReleasePaths, cwd: str, command: str,
+                   before: Sequence[tuple[str, str]] = (), after: Sequence[tuple[str, str]] = (),
+                   fallback_to_root: bool = False) -> list[str]:
+    """The migration, once, on the db primary, with its hooks, in `cwd` (or / if it is
+    missing and `fallback_to_root`: a db host usually has no deploy_to)."""
+    lines = _exports(ctx, paths) + [f"MIGRATE_DIR={q(cwd)}"]
+    if fallback_to_root:
+        lines.append('[ -d "$MIGRATE_DIR" ] || MIGRATE_DIR=/')
+    steps = [*(("hook " + n, c) for n, c in before), ("migrate", command), *(("hook " + n, c) for n, c in after)]
+    for step, text in steps:
+        lines += [mark_literal("step", step), f'(cd "$MIGRATE_DIR" && sh -c {q(text)}) </dev/null 1>&2']
+    return lines + [mark_literal("migrated", ctx.release_id)]
+
+
 def log_and_unlock_script(paths: ReleasePaths, log_entry: Optional[LogEntry], lock_token: str) -> list[str]:
     """Append to revisions.log (if given) and release this run's lock."""
     lines = [f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}"] if log_entry else []

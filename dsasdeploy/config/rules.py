@@ -83,6 +83,11 @@ def _roles(spec: StageSpec) -> Iterator[Problem]:
     for role in spec.restart:
         if role not in known:
             yield ("restart", role), unknown(role)
+    if spec.migrate is not None:
+        if spec.migrate.role not in known:
+            yield ("migrate", "role"), unknown(spec.migrate.role)
+        elif not any(spec.migrate.role in h.roles for h in spec.hosts):
+            yield ("migrate", "role"), f"no host of this stage has role '{spec.migrate.role}'"
     for hook_name in type(spec.hooks).model_fields:
         for index, hook in enumerate(getattr(spec.hooks, hook_name)):
             for r_index, role in enumerate(hook.roles or []):

@@ -21,7 +21,7 @@ BUILTIN_ROLES: dict[str, bool] = {
     "pxe": False,
 }
 
-PHASES = ("prepare", "publish", "finish", "rollback")
+PHASES = ("prepare", "migrate", "publish", "finish", "rollback")
 
 
 class Model(BaseModel):
@@ -56,6 +56,8 @@ class Hooks(Model):
 
     before_prepare: list[Hook] = []
     after_prepare: list[Hook] = []
+    before_migrate: list[Hook] = []
+    after_migrate: list[Hook] = []
     before_publish: list[Hook] = []
     after_publish: list[Hook] = []
     before_finish: list[Hook] = []
@@ -101,6 +103,14 @@ class HostSpec(Model):
         ):
             return value
         raise ValueError(f"expected true, false or a list of roles, got {value!r}")
+
+
+class Migration(Model):
+    """A command run once, on the primary host of `role`, after prepare and before any switch."""
+
+    command: str
+    role: str = "db"
+    cwd: Optional[str] = None  # default: that host's deploy_to (or / if it has none)
 
 
 class LbSettings(Model):
@@ -207,6 +217,7 @@ class Settings(Model):
     hooks: Hooks = Hooks()
     ssh: SshSettings = SshSettings()
     parallelism: int = Field(default=10, ge=1, le=500)
+    migrate: Optional[Migration] = None
     lb: Optional[LbSettings] = None  # set: deploys roll through the load balancer in batches
     rollout: RolloutPolicy = RolloutPolicy()
     health: Optional[HealthCheck] = None

@@ -96,6 +96,9 @@ class ReleaseFlow:
         self.attempt: dict[str, Optional[str]] = {"release": None, "revision": None, "ref": None}
         self.outputs: dict[str, ExecResult] = {}  # each host's result of the latest phase
         self.aux_hosts: tuple[Host, ...] = ()  # hosts the run talks to without releasing (directors)
+        self.migration_host = self._migration_host()
+        if self.migration_host is not None and self.migration_host not in self.hosts:
+            self.aux_hosts += (self.migration_host,)
 
     # ---- building blocks -------------------------------------------------------------
 
@@ -230,7 +233,7 @@ class ReleaseFlow:
             step = last_step(value.markers) if value is not None else "connect"
             reason = "" if ok else _reason(outcome)
             seconds = round(value.seconds, 3) if value is not None else 0.0
-            self.records[host].seconds[name] = seconds
+            self.records.setdefault(host, HostRecord()).seconds[name] = seconds
             self.bus.emit("host_phase", host=host, phase=name, status="ok" if ok else "failed",
                           step=step, seconds=seconds, message=reason or None)
             results[host] = (ok, step, reason)
@@ -296,6 +299,7 @@ class ReleaseFlow:
                 after=remote_hooks(self.stage, "after", "prepare", h, self.hosts)), stdin=archive)
             self._raise_on_failure("prepare", results)
             self.run_local_hooks("after", "prepare", env)
+            self.migrate(contexts, env)
             self.run_local_hooks("before", "publish", env)
             switched = True
             self.publish(contexts)
@@ -319,6 +323,25 @@ class ReleaseFlow:
             record.outcome, record.release = "deployed", release_id
         return FlowResult(ExitStatus.OK, f"release {release_id} ({revision[:12]}) is live on {len(self.hosts)} host(s)",
                           release=release_id, revision=revision, ref=ref)
+
+    def _migration_host(self) -> Optional[Host]:
+        migration = self.stage.settings.migrate
+        return self.stage.primary(migration.role) if migration is not None else None
+
+    def migrate(self, contexts: dict[str, rel.ReleaseContext], env: dict[str, str]) -> None:
+        """The migration, once on the primary of its role, before any host is switched."""
+        migration, host = self.stage.settings.migrate, self.migration_host
+        if migration is None or host is None:
+            return
+        self.run_local_hooks("before", "migrate", env)
+        ctx = next(iter(contexts.values()))
+        cwd = migration.cwd or host.deploy_to
+        results = self.phase("migrate", [host], lambda h: rel.migrate_script(
+            ctx, h.paths, cwd, migration.command,
+            before=remote_hooks(self.stage, "before", "migrate", h, [h]),
+            after=remote_hooks(self.stage, "after", "migrate", h, [h]), fallback_to_root=migration.cwd is None))
+        self._raise_on_failure("migrate", results)
+        self.run_local_hooks("after", "migrate", env)
 
     def preflight_pool(self) -> None:
         """Checks of the pool before anything changes (the rolling flow checks the LB)."""
@@ -365,7 +388,7 @@ class ReleaseFlow:
         failed = [(h, step, reason) for h, (ok, step, reason) in results.items() if not ok]
         if failed:
             for host, _, reason in failed:
-                self.records[host].error = reason
+                self.records.setdefault(host, HostRecord()).error = reason
             text = "; ".join(f"{h}: {phase} failed at step '{step}': {reason}" for h, step, reason in failed)
             raise RemoteError(text)
 

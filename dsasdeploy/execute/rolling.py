@@ -47,8 +47,8 @@ class RollingFlow(ReleaseFlow):
         super().__init__(*args, **kwargs)
         settings = self.stage.settings
         self.driver = make_driver(self, settings.lb)
-        names = {h.name for h in self.hosts}
-        self.aux_hosts = tuple(h for h in self.stage.hosts_with_role("lb") if h.name not in names)
+        names = {h.name for h in self.hosts} | {h.name for h in self.aux_hosts}
+        self.aux_hosts += tuple(h for h in self.stage.hosts_with_role("lb") if h.name not in names)
         self.journal = Journal(journal_path(self.stage.project_dir, self.stage.name))
         self.pool_size = len(self.stage.release_hosts())
         self.cap = max_unavailable(settings.rollout, self.pool_size)

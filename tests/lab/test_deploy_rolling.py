@@ -291,3 +291,35 @@ def lab_sshd_pids(lab, host: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def _project_with(tmp_path: Path, extra: str) -> Path:
+    project = tmp_path / "project"
+    (project / "stages").mkdir(parents=True)
+    (project / "stages" / "lab.yaml").write_text((ROOT / "stages" / "lab.yaml").read_text())
+    (project / "dsas.yaml").write_text((ROOT / "dsas.yaml").read_text() + extra)
+    return project
+
+
+def test_migration_runs_once_on_the_db_primary_before_any_switch(lab, env, tmp_path):
+    good = baseline(lab, env)
+    project = _project_with(tmp_path, "migrate:\n  command: echo \"$DSAS_RELEASE\" >> /srv/data/migrations.log\n"
+                                      "  role: db\n  cwd: /srv/data\n")
+    result = dsas({**env, "DSAS_PROJECT": str(project)}, "deploy", "lab", "--json")
+    assert result.returncode == 0, result.stderr
+    stream = events(result.stdout)
+    release = stream[-1]["release"]
+    order = [(e["type"], e.get("phase") or e.get("status")) for e in stream
+             if (e["type"] == "phase_finished" and e["phase"] == "migrate") or (e["type"] == "lb" and e["status"] == "drained")]
+    assert order[0] == ("phase_finished", "migrate")  # before the first host left the pool
+    assert lab.run("drbd-a", "cat /srv/data/migrations.log").stdout.split()[-1] == release
+    assert lab.run("drbd-b", "test -e /srv/data/migrations.log", check=False).returncode != 0  # once, on the primary
+
+    failing = _project_with(tmp_path / "f", "migrate:\n  command: echo 'duplicate column' >&2; exit 1\n")
+    before = weights(lab)
+    result = dsas({**env, "DSAS_PROJECT": str(failing)}, "deploy", "lab", "--json")
+    assert result.returncode == 1 and "migrate failed" in result.stderr and "duplicate column" in result.stderr
+    assert currents(lab) == [release] * 3  # no web server was touched
+    assert weights(lab) == before
+    assert not any(e["type"] == "lb" for e in events(result.stdout))
+    assert good < release
