@@ -124,7 +124,10 @@ class PlainReporter:
 
 
 class RichReporter:
-    """A live table of every host (phase, status, step, time) on a terminal."""
+    """A live table of every host on a terminal: batch, phase, status, release, pool state
+    (weight per director, active connections), health and warm figures, time."""
+
+    COLUMNS = ("host", "batch", "phase", "status", "release", "pool", "health", "warm", "time")
 
     def __init__(self, stream: Optional[TextIO] = None):
         from rich.console import Console
@@ -139,33 +142,62 @@ class RichReporter:
         from rich.table import Table
 
         table = Table(title="dsas", expand=False)
-        for column in ("host", "phase", "status", "step", "time"):
+        for column in self.COLUMNS:
             table.add_column(column)
-        styles = {"ok": "green", "failed": "bold red", "running": "yellow", "skipped": "dim"}
+        styles = {"ok": "green", "failed": "bold red", "running": "yellow", "skipped": "dim",
+                  "drained": "yellow", "restored": "green"}
         for host, row in self.rows.items():
-            status = row.get("status", "")
-            table.add_row(host, row.get("phase", ""), f"[{styles.get(status, '')}]{status}[/]" if status else "",
-                          row.get("step", ""), f"{row.get('seconds', 0):.2f}s" if row.get("seconds") else "")
+            cells = []
+            for column in self.COLUMNS:
+                value = host if column == "host" else str(row.get(column, ""))
+                style = styles.get(value.split(" ")[0]) if column in ("status", "pool", "health", "warm") else None
+                cells.append(f"[{style}]{value}[/]" if style and value else value)
+            table.add_row(*cells)
         return table
 
+    def _row(self, host: str) -> dict:
+        return self.rows.setdefault(host, {})
+
     def emit(self, event: Event) -> None:
+        d = event.data
         if event.type == "run_started":
-            for host in event.data.get("hosts", []):
-                self.rows.setdefault(host, {"phase": "connect", "status": "running"})
+            for host in d.get("hosts", []):
+                self._row(host).update(phase="connect", status="running")
             if not self.started:
                 self.live.start()
                 self.started = True
         elif event.type == "phase_started":
-            for host in event.data.get("hosts", []):
-                self.rows.setdefault(host, {}).update(phase=event.phase, status="running", step="", seconds=0)
+            for host in d.get("hosts", []):
+                self._row(host).update(phase=event.phase, status="running", time="")
         elif event.type == "host_phase" and event.host:
-            self.rows.setdefault(event.host, {}).update(
-                phase=event.phase, status=event.status, step=event.data.get("step", ""),
-                seconds=event.data.get("seconds", 0))
+            row = self._row(event.host)
+            row.update(phase=event.phase, status=event.status, time=f"{d.get('seconds', 0):.2f}s")
+            if event.status == "failed" and d.get("step"):
+                row["status"] = f"failed at {d['step']}"
         elif event.type == "host_connected" and event.host:
-            self.rows.setdefault(event.host, {}).update(phase="connect", status="ok", seconds=event.data.get("seconds"))
-        elif event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock", "batch",
-                            "lb", "gate", "recover", "drbd_state", "drbd_verdict", "drbd_step"):
+            self._row(event.host).update(phase="connect", status="ok", time=f"{d.get('seconds', 0):.2f}s")
+        elif event.type == "batch":
+            for host in d.get("hosts", []):
+                self._row(host)["batch"] = d.get("name", "")
+        elif event.type == "lb":
+            if event.status == "drain_complete":
+                for host in d.get("hosts", []):
+                    self._row(host)["pool"] = "drained, 0 active"
+            elif event.host:
+                weights = d.get("weights") or {}
+                detail = (" " + ",".join(f"{k.split(' ')[0]}={v}" for k, v in weights.items())) if weights else ""
+                self._row(event.host)["pool"] = f"{event.status}{detail}"
+        elif event.type == "gate" and event.host:
+            figures = d.get("figures") or {}
+            if d.get("name") == "health":
+                self._row(event.host)["health"] = f"{event.status} ({d.get('attempts', 0)} tries)"
+                if d.get("release"):
+                    self._row(event.host)["release"] = d["release"]
+            else:
+                ratio = figures.get("hit_ratio")
+                self._row(event.host)["warm"] = f"{event.status}" + (f" hit {ratio:.0%}" if ratio is not None else "")
+        if event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock",
+                          "recover", "drbd_state", "drbd_verdict", "drbd_step"):
             text = describe(event)
             if text and not (event.type == "lock" and event.status in ("acquired", "released")):
                 self.console.print(text, markup=False, highlight=False)

@@ -353,3 +353,27 @@ def test_ci_credentials_from_environment_never_echoed(project):
     other = "[127.0.0.1]:1 ssh-ed25519 " + known_text.split()[2] + "\n"
     result = project.run("deploy", "test", env={**env, "DSAS_KNOWN_HOSTS": other})
     assert result.returncode == 1 and "unknown host key" in result.stderr and "$DSAS_KNOWN_HOSTS" in result.stderr
+
+
+def test_deploy_through_a_gateway_with_verified_keys(project):
+    bastion = project.hosts.hosts[0]
+    user = __import__("getpass").getuser()
+    text = (project.dir / "dsas.yaml").read_text()
+    project.write("dsas.yaml", text.replace("ssh:\n", f"ssh:\n  gateway: {user}@127.0.0.1:{bastion.port}\n"))
+    result = project.run("deploy", "test", "--hosts", "web2,web3", "--json")
+    assert result.returncode == 0, result.stderr
+    assert project.current(1) and project.current(2) and project.current(0) is None
+    # the bastion's own key is verified too: an unknown bastion is refused
+    known = project.hosts.known_hosts
+    known.write_text("".join(line for line in known.read_text().splitlines(keepends=True)
+                             if f"]:{bastion.port} " not in line))
+    result = project.run("deploy", "test", "--hosts", "web2")
+    assert result.returncode == 1 and "gateway" in result.stderr and "unknown host key" in result.stderr
+
+
+def test_proxyjump_in_a_stage_ssh_config_is_refused(project):
+    (project.dir / "stages" / "ssh_config").write_text("Host 127.0.0.1\n  ProxyJump jump@192.0.2.1\n")
+    text = (project.dir / "dsas.yaml").read_text()
+    project.write("dsas.yaml", text.replace("ssh:\n", "ssh:\n  ssh_config: stages/ssh_config\n"))
+    result = project.run("deploy", "test")
+    assert result.returncode == 2 and "ProxyJump" in result.stderr and "ssh.gateway" in result.stderr
