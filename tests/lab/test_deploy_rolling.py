@@ -323,3 +323,20 @@ def test_migration_runs_once_on_the_db_primary_before_any_switch(lab, env, tmp_p
     assert weights(lab) == before
     assert not any(e["type"] == "lb" for e in events(result.stdout))
     assert good < release
+
+
+def test_recover_forward_finishes_the_interrupted_release(lab, env):
+    baseline(lab, env)
+    before = weights(lab)
+    proc, seen = _run_until(env, ["deploy", "lab", "--json"],
+                            lambda e: e["type"] == "lb" and e.get("host") == "web2" and e["status"] == "drained")
+    release = next(e for e in seen if e["type"] == "run_started")  # noqa: F841 - the run was started
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = dsas(env, "recover", "lab", "--forward", "--json")
+    assert result.returncode == 0, result.stderr
+    new = events(result.stdout)[-1]["release"]
+    assert currents(lab) == [new] * 3
+    assert weights(lab) == before
+    log = Path(lab.host_path("web3", "/srv/labapp/revisions.log")).read_text().splitlines()
+    assert log[-1].split()[1] == "deployed"
