@@ -16,6 +16,7 @@ import os
 import random
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ class ReleaseFlow:
         self.attempt: dict[str, Optional[str]] = {"release": None, "revision": None, "ref": None}
         self.outputs: dict[str, ExecResult] = {}  # each host's result of the latest phase
         self.aux_hosts: tuple[Host, ...] = ()  # hosts the run talks to without releasing (directors)
+        self.cancel = threading.Event()  # set on Ctrl-C/SIGTERM: waiting loops give up
         self.migration_host = self._migration_host()
         if self.migration_host is not None and self.migration_host not in self.hosts:
             self.aux_hosts += (self.migration_host,)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -76,11 +77,14 @@ class GateResult:
 
 
 def health_gate(address: str, spec: HealthCheck, port: int, release_id: Optional[str],
-                opener: Opener = direct_opener, clock=time.monotonic, sleep=time.sleep) -> GateResult:
-    """`rise` consecutive passing responses within `deadline` seconds."""
+                opener: Opener = direct_opener, clock=time.monotonic, sleep=time.sleep,
+                stop: Optional[threading.Event] = None) -> GateResult:
+    """`rise` consecutive passing responses within `deadline` seconds (`stop`: give up now)."""
     started = clock()
     streak, attempts, reason = 0, 0, "no attempt"
     while True:
+        if stop is not None and stop.is_set():
+            return GateResult(False, clock() - started, attempts, "interrupted")
         attempts += 1
         try:
             response = http_get(address, port, spec.path, spec.timeout, opener, spec.host_header)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,7 +41,8 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int) -> list[HostOutcome[T]]:
+def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int,
+                 cancel: Optional["threading.Event"] = None) -> list[HostOutcome[T]]:
     """Run `work(host)` for every host, at most `limit` at once; never raises per-host errors.
 
     A KeyboardInterrupt in the caller lets the running calls finish (a half-run
@@ -61,6 +63,8 @@ def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int) -
     except BaseException:
         for future in futures:
             future.cancel()
+        if cancel is not None:
+            cancel.set()  # waiting loops (health gates, drains) stop early instead of running on
         with signals_deferred():
             executor.shutdown(wait=True)
         raise

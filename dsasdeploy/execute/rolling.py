@@ -176,7 +176,8 @@ class RollingFlow(ReleaseFlow):
 
         def check(host: Host) -> Optional[str]:
             if settings.health is not None:
-                result = health_gate(host.address, settings.health, port, release_of(host), opener_for(host))
+                result = health_gate(host.address, settings.health, port, release_of(host), opener_for(host),
+                                     stop=self.cancel)
                 self.bus.emit("gate", host=host.name, name="health", status="ok" if result.ok else "failed",
                               seconds=round(result.seconds, 2), attempts=result.attempts,
                               release=release_of(host), message=result.reason or None)
@@ -192,7 +193,7 @@ class RollingFlow(ReleaseFlow):
             return None
 
         failures = [o.value if o.ok else f"{o.host.name}: gate error: {o.error}"
-                    for o in run_parallel(batch, check, self.limit)]
+                    for o in run_parallel(batch, check, self.limit, cancel=self.cancel)]
         failures = [f for f in failures if f]
         if failures:
             for text in failures:
@@ -215,6 +216,7 @@ class RollingFlow(ReleaseFlow):
 
     def _revert(self, contexts: dict[str, rel.ReleaseContext], reason: str, ref: str, mark: bool = True) -> None:
         """Whole-rollout rollback: the batch in flight, then the done batches, newest first."""
+        self.cancel.clear()  # the way back waits for its own gates
         stuck: list[str] = []
         flight, self.in_flight = self.in_flight, None
         if flight is not None:

@@ -24,6 +24,7 @@ from ..inventory import Host
 from .hostkeys import PinnedHostKeys
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
+_CONSTRUCTION = threading.Lock()
 # CI credentials (docs/ci.md): key material and known_hosts from the environment, never echoed
 ENV_KEY = "DSAS_SSH_PRIVATE_KEY"
 ENV_KEY_FILE = "DSAS_SSH_KEY_FILE"
@@ -106,6 +107,10 @@ class SessionFactory:
         return kwargs
 
     def _new(self, address: str, port: int, user: str, gateway: Optional[Connection]) -> Connection:
+        with _CONSTRUCTION:  # Connection() reads and clones the shared invoke Config: not thread-safe
+            return self._new_unlocked(address, port, user, gateway)
+
+    def _new_unlocked(self, address: str, port: int, user: str, gateway: Optional[Connection]) -> Connection:
         found = self._ssh_config.lookup(address)
         if "proxyjump" in found or "proxycommand" in found:
             # Fabric would build those hops itself, with AutoAddPolicy: their host keys unchecked

@@ -74,14 +74,19 @@ class EventBus:
         self.stage = stage
         self.reporter = reporter
         self.history: list[Event] = []
+        self.finished = False
         self._lock = threading.Lock()
 
     def emit(self, type: str, **fields: Any) -> Event:
         known = {k: fields.pop(k) for k in ("host", "phase", "status", "message") if k in fields}
         event = Event(type=type, stage=self.stage, data=fields, **known)
         with self._lock:
+            if self.finished:
+                return event  # nothing is reported after the summary: it is always the last event
             self.history.append(event)
             self.reporter.emit(event)
+            if type == "summary":
+                self.finished = True
         return event
 
     def close(self) -> None:
