@@ -110,9 +110,17 @@ class LvsDriver:
         if problems:
             raise RemoteError("; ".join(dict.fromkeys(problems)))
 
+    def fresh_tables(self, max_age: float = 2.0) -> dict[str, dict[str, lvs.VirtualService]]:
+        """Every director's table: the read-back of our own last edit if it is seconds old and
+        covers every director (nothing else ran in between), else a new read."""
+        last = getattr(self, "last_read", {})
+        if set(last) == {d.name for d in self.directors} and time.monotonic() - self.last_read_at < max_age:
+            return last
+        return self.read_all()
+
     def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]:
-        """Records of the weights to set to 0, read LIVE now; refused by the capacity guard."""
-        tables = self.read_all()
+        """Records of the weights to set to 0, from the live table; refused by the capacity guard."""
+        tables = self.fresh_tables()
         batch_rs = [self.rs(h) for h in batch]
         records, problems = [], []
         for director, services in tables.items():
@@ -158,6 +166,8 @@ class LvsDriver:
             return self.flow.backend.run(director, lvs.set_weights_script(edits))
 
         problems = []
+        self.last_read: dict[str, dict[str, lvs.VirtualService]] = {}
+        self.last_read_at = time.monotonic()
         for outcome in run_parallel(directors, edit, self.flow.limit):
             name = outcome.host.name
             if not outcome.ok or not outcome.value.ok:
@@ -169,6 +179,7 @@ class LvsDriver:
             except ValueError as exc:
                 problems.append(f"{name}: unreadable ipvsadm output after the edit ({exc})")
                 continue
+            self.last_read[name] = services
             for r in by_director[name]:
                 real = services.get(r["service"], lvs.VirtualService("", "", "")).reals.get(r["real"])
                 if real is None:
@@ -177,7 +188,9 @@ class LvsDriver:
                     problems.append(f"{name}: {r['real']} in {r['service']} reads {real.method} weight "
                                     f"{real.weight}, expected {r['method']} weight {weight_of(r)}")
         if problems:
+            self.last_read = {}
             raise RemoteError("; ".join(problems))
+        self.last_read_at = time.monotonic()
 
     def drain(self, records: list[dict]) -> None:
         self._apply(records, lambda r: 0)
@@ -190,9 +203,13 @@ class LvsDriver:
         deadline = time.monotonic() + self.settings.drain_timeout
         started = time.monotonic()
         targets = {self.rs(h): h.name for h in batch}
+        # the drain's own read-back is the first poll (one round trip less per batch)
+        fresh = getattr(self, "last_read", {})
+        tables = fresh if set(fresh) == {d.name for d in self.directors} else None
         while True:
             active: dict[str, int] = {}
-            for director, services in self.read_all().items():
+            tables, current = None, tables or self.read_all()
+            for director, services in current.items():
                 for service in services.values():
                     for rs, name in targets.items():
                         real = service.reals.get(rs)
