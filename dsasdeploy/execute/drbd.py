@@ -23,7 +23,7 @@ from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageE
 from ..inventory import Host
 from ..status import ExitStatus
 from .flow import FlowResult, ReleaseFlow
-from .pool import run_parallel, signals_deferred
+from .pool import run_parallel, signals_deferred, signals_held
 
 Builder = Callable[[DrbdResource], list[str]]
 
@@ -216,7 +216,8 @@ class DrbdFlow:
             lines = (step.undo if undo else step.build)(self.resource)
             if not lines:
                 return
-            result = self.backend.run(host, lines)
+            with signals_held():  # e.g. `drbdadm primary` finishes before any walk back starts
+                result = self.backend.run(host, lines)
             ok, reason = result.ok, result.stderr_tail() or f"exit {result.exit_code}"
         seconds = round(time.monotonic() - started, 3)
         self.bus.emit("drbd_step", host=host.name, phase=name, status="ok" if ok else "failed", seconds=seconds,

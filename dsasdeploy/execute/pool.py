@@ -41,6 +41,26 @@ def signals_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Ctrl-C/SIGTERM wait until the block is done, then interrupt (a remote step is never
+    abandoned half-way and raced by its own undo)."""
+    received: list[int] = []
+    try:
+        previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                    for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int,
                  cancel: Optional["threading.Event"] = None) -> list[HostOutcome[T]]:
     """Run `work(host)` for every host, at most `limit` at once; never raises per-host errors.

@@ -158,3 +158,18 @@ def test_journal_replay_and_torn_last_line(tmp_path):
     journal.record("restored", host="web1")
     journal.end("rolled_back")
     assert journal.unfinished() is None
+
+
+def test_signals_held_interrupts_only_after_the_block():
+    import os
+    import signal
+
+    from dsasdeploy.execute.pool import signals_held
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished.append("step")  # the step still completes
+    assert finished == ["step"]
+    assert signal.getsignal(signal.SIGTERM) is not None
