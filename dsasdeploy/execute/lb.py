@@ -54,6 +54,7 @@ class LvsDriver:
 
     def __init__(self, flow, directors: Sequence[Host], settings: LbSettings):
         self.flow, self.directors, self.settings = flow, tuple(directors), settings
+        self.expire_quiescent: dict[str, Optional[int]] = {}
         if not self.directors:
             raise UsageError("lb.driver is 'lvs' but the stage has no host with role 'lb'")
 
@@ -81,6 +82,7 @@ class LvsDriver:
                                 f"lb.keepalived to 'maintenance_file' (check-driven drain with inhibit_on_failure) "
                                 f"or 'raw'")
             tables[name] = services
+            self.expire_quiescent[name] = lvs.parse_expire_quiescent_template(outcome.value.stdout)
         if problems:
             raise RemoteError("; ".join(problems))
         return tables
@@ -107,6 +109,13 @@ class LvsDriver:
                         problems.append(f"{director}: {refusal}")
             if len({tuple(v) for v in views.values()}) > 1:
                 problems.append(f"{host.name}: the directors disagree about {self.rs(host)}: {views}")
+        for director, services in tables.items():
+            for service in services.values():
+                if service.persistent and self.expire_quiescent.get(director) == 0:
+                    self.flow.bus.emit("warning", host=director, message=(
+                        f"{service.key} is persistent ({service.persistent}s) and "
+                        f"net.ipv4.vs.expire_quiescent_template is 0: clients with a template keep going to a "
+                        f"drained server, so drains may run into drain_timeout; set it to 1"))
         if problems:
             raise RemoteError("; ".join(dict.fromkeys(problems)))
 

@@ -173,3 +173,10 @@ def test_signals_held_interrupts_only_after_the_block():
             finished.append("step")  # the step still completes
     assert finished == ["step"]
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_expire_quiescent_template_is_read():
+    text = read_output() + "expire_quiescent_template=0\n"
+    assert lvs.parse_expire_quiescent_template(text) == 0
+    assert lvs.parse_expire_quiescent_template(read_output()) is None
+    assert lvs.parse_read(text)[0]["TCP 10.77.1.10:443"].persistent == 300

@@ -73,7 +73,14 @@ def read_script() -> list[str]:
         "ipvsadm -Ln --exact",
         f"echo {q(SPLIT)}",
         "if pidof keepalived >/dev/null 2>&1; then echo keepalived; fi",
+        "echo \"expire_quiescent_template=$(cat /proc/sys/net/ipv4/vs/expire_quiescent_template 2>/dev/null)\"",
     ]
+
+
+def parse_expire_quiescent_template(stdout: str) -> Optional[int]:
+    """The director's net.ipv4.vs.expire_quiescent_template (None if unreadable)."""
+    match = re.search(r"^expire_quiescent_template=(\d+)$", stdout, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def parse_read(stdout: str) -> tuple[dict[str, VirtualService], bool]:
