@@ -25,20 +25,28 @@ class HostOutcome(Generic[T]):
         return self.error is None
 
 
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM are ignored inside: used while undoing, and while remote scripts
-    that were already started finish (a second interrupt must not race them)."""
+def _interrupt_handler(handler) -> Iterator[None]:
+    """Install `handler` for Ctrl-C and SIGTERM for the block (main thread only)."""
     try:
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread: nothing to defer
+        previous = {s: signal.signal(s, handler) for s in INTERRUPTS}
+    except ValueError:  # not the main thread: signals are not ours to handle
         yield
         return
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def signals_deferred():
+    """Ctrl-C and SIGTERM are ignored inside: used while undoing, and while remote scripts
+    that were already started finish (a second interrupt must not race them)."""
+    return _interrupt_handler(signal.SIG_IGN)
 
 
 @contextmanager
@@ -46,17 +54,8 @@ def signals_held() -> Iterator[None]:
     """Ctrl-C/SIGTERM wait until the block is done, then interrupt (a remote step is never
     abandoned half-way and raced by its own undo)."""
     received: list[int] = []
-    try:
-        previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                    for s in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread
+    with _interrupt_handler(lambda signum, frame: received.append(signum)):
         yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if received:
         raise KeyboardInterrupt
 
