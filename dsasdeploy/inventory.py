@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .config.schema import Settings
+from .config.schema import BUILTIN_ROLES, Settings
 from .errors import UsageError
 from .paths import ReleasePaths
 
@@ -49,11 +49,7 @@ class Stage:
 
     def role_gets_release(self, role: str) -> bool:
         spec = self.settings.roles.get(role)
-        if spec is not None:
-            return spec.release
-        from .config.schema import BUILTIN_ROLES
-
-        return BUILTIN_ROLES.get(role, False)
+        return spec.release if spec is not None else BUILTIN_ROLES.get(role, False)
 
     def release_hosts(self, hosts: Optional[Iterable[Host]] = None) -> tuple[Host, ...]:
         """Hosts holding at least one role that receives releases."""

@@ -55,7 +55,7 @@ def probe_script(paths: ReleasePaths, linked_files: Sequence[str], lock: Optiona
         f"w={d}; while [ ! -e \"$w\" ]; do w=$(dirname \"$w\"); done",
         "if [ -w \"$w\" ]; then " + mark("writable", "yes") + "; else " + mark("writable", "no") + "; fi",
         "if command -v tar >/dev/null 2>&1; then " + mark("tar", "yes") + "; fi",
-        f"df -Pk \"$w\" | awk 'NR==2 {{print \"DSAS disk_free_kb \" $4}}'",
+        "df -Pk \"$w\" | awk 'NR==2 {print \"DSAS disk_free_kb \" $4}'",
         f"if [ -L {q(paths.current)} ]; then " + mark("current", f"$(readlink {q(paths.current)})") + "; fi",
         f"for r in {q(paths.releases)}/*; do",
         "  [ -d \"$r\" ] && [ ! -L \"$r\" ] || continue",

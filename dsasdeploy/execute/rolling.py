@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ..commands import release as rel
-from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
+from ..errors import IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
 from ..plan.hooks import remote_hooks
 from ..plan.rollout import max_unavailable, plan_batches

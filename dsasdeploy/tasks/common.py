@@ -143,7 +143,3 @@ def _write_report(path: Path, stage: str, command: str, result: FlowResult, summ
         os.replace(tmp, path)
     except OSError as exc:
         print(f"dsas: warning: could not write report {path}: {exc.strerror}", file=sys.stderr)
-
-
-def one_host_list(hosts: tuple[Host, ...]) -> list[str]:
-    return [h.name for h in hosts]

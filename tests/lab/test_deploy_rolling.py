@@ -269,7 +269,8 @@ def test_web_host_lost_mid_rollout_is_reported_and_the_rest_restored(lab, env):
     for pid in sshd:  # every sshd of web3, the session of dsas's connection included
         os.kill(pid, signal.SIGKILL)
     try:
-        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdout.read()  # drain the events so dsas never blocks on a full pipe
+        err = proc.stderr.read()
         proc.wait(timeout=120)
         assert proc.returncode == 4, err
         assert "web3" in err
@@ -328,9 +329,8 @@ def test_migration_runs_once_on_the_db_primary_before_any_switch(lab, env, tmp_p
 def test_recover_forward_finishes_the_interrupted_release(lab, env):
     baseline(lab, env)
     before = weights(lab)
-    proc, seen = _run_until(env, ["deploy", "lab", "--json"],
-                            lambda e: e["type"] == "lb" and e.get("host") == "web2" and e["status"] == "drained")
-    release = next(e for e in seen if e["type"] == "run_started")  # noqa: F841 - the run was started
+    proc, _ = _run_until(env, ["deploy", "lab", "--json"],
+                         lambda e: e["type"] == "lb" and e.get("host") == "web2" and e["status"] == "drained")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     result = dsas(env, "recover", "lab", "--forward", "--json")

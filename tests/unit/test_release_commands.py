@@ -7,7 +7,6 @@ import os
 import subprocess
 import tarfile
 from datetime import datetime, timezone
-from pathlib import Path
 
 from dsasdeploy.commands import release as rel
 from dsasdeploy.commands.base import parse_markers, script
