@@ -23,6 +23,7 @@ class Host:
     roles: tuple[str, ...]
     primary_roles: frozenset[str]
     deploy_to: str
+    mac: Optional[str] = None  # the boot NIC, for hosts installed by `dsas add-server`
 
     @property
     def paths(self) -> ReleasePaths:

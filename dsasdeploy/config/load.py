@@ -21,7 +21,7 @@ from .source import YamlDocument, format_key_path, load_yaml
 
 PROJECT_FILE = "dsas.yaml"
 STAGES_DIR = "stages"
-MERGED_SECTIONS = ("ssh", "roles", "restart", "hooks", "lb", "rollout", "health", "warm")  # a stage overrides these key by key
+MERGED_SECTIONS = ("ssh", "roles", "restart", "hooks", "lb", "rollout", "health", "warm", "provision")  # a stage overrides these key by key
 
 
 def find_project_dir(start: Optional[Path] = None) -> Path:
@@ -120,6 +120,7 @@ def resolve_stage(name: str, project_dir: Path, spec: StageSpec, stages: tuple[s
             name=h.name, address=h.address, port=h.port or spec.ssh.port,
             user=h.user or default_user, roles=tuple(h.roles),
             primary_roles=primary, deploy_to=(h.deploy_to or spec.deploy_to).rstrip("/") or "/",
+            mac=h.mac,
         ))
     settings = spec.model_copy(update={"hosts": []})
     return Stage(name=name, project_dir=project_dir, settings=settings, hosts=tuple(hosts), known_stages=stages)

@@ -14,7 +14,7 @@ Problem = tuple[tuple, str]
 
 def check_rules(spec: StageSpec) -> list[Problem]:
     """(key path, message) for every cross-key problem of a merged stage."""
-    return [*_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec), *_drbd(spec)]
+    return [*_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec), *_drbd(spec), *_provision(spec)]
 
 
 def _drbd(spec: StageSpec) -> Iterator[Problem]:
@@ -32,6 +32,37 @@ def _drbd(spec: StageSpec) -> Iterator[Problem]:
             yield ("drbd", index, "nodes"), "needs two different hosts"
         if not posixpath.isabs(resource.mount):
             yield ("drbd", index, "mount"), f"must be an absolute path, got '{resource.mount}'"
+
+
+def _provision(spec: StageSpec) -> Iterator[Problem]:
+    prov = spec.provision
+    if prov is None:
+        return
+    for key in ("tftp_root", "dhcp_hostsdir", "http_root", "callback_dir"):
+        if not posixpath.isabs(getattr(prov, key)):
+            yield ("provision", key), f"must be an absolute path on the boot server, got '{getattr(prov, key)}'"
+    if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", prov.http_url):
+        yield ("provision", "http_url"), f"expected http://host[:port][/path], got '{prov.http_url}'"
+    if prov.default_profile is not None and prov.default_profile not in prov.profiles:
+        yield ("provision", "default_profile"), (
+            f"no profile '{prov.default_profile}'{did_you_mean(prov.default_profile, sorted(prov.profiles))}")
+    if prov.boot_server is not None:
+        host = next((h for h in spec.hosts if h.name == prov.boot_server), None)
+        if host is None:
+            yield ("provision", "boot_server"), (
+                f"unknown host '{prov.boot_server}'{did_you_mean(prov.boot_server, [h.name for h in spec.hosts])}")
+        elif "pxe" not in host.roles:
+            yield ("provision", "boot_server"), f"host '{host.name}' does not have role 'pxe'"
+    for name, profile in prov.profiles.items():
+        need = {"raid1": 2, "raid10": 4}.get(profile.raid, 0)
+        if profile.disks and len(profile.disks) < need:
+            yield ("provision", "profiles", name, "disks"), (
+                f"{profile.raid} needs at least {need} disks, got {len(profile.disks)}")
+        elif profile.raid == "raid10" and len(profile.disks) % 2:
+            yield ("provision", "profiles", name, "disks"), "raid10 needs an even number of disks"
+    for index, item in enumerate(prov.shared_files):
+        if posixpath.isabs(item) or ".." in item.split("/"):
+            yield ("provision", "shared_files", index), f"must be a path inside shared/, got '{item}'"
 
 
 def _rollout(spec: StageSpec) -> Iterator[Problem]:

@@ -94,6 +94,10 @@ class HostSpec(Model):
     roles: list[str] = Field(min_length=1)
     primary: Union[bool, list[str]] = False
     deploy_to: Optional[str] = None
+    # written by `dsas add-server`: how the machine was installed
+    mac: Optional[str] = None
+    bmc: Optional[str] = None
+    profile: Optional[str] = None
 
     @field_validator("primary", mode="before")
     @classmethod
@@ -202,6 +206,54 @@ class DrbdResource(Model):
     manager: Literal["none", "pacemaker", "drbd-reactor"] = "none"
 
 
+class BmcSettings(Model):
+    """How dsas reaches the BMCs: ipmitool over IPMI-over-LAN (lanplus)."""
+
+    user: str = "admin"
+    port: int = Field(default=623, ge=1, le=65535)
+    cipher_suite: int = Field(default=3, ge=0, le=17)
+    # the password: from this environment variable, else from this file; never an argument
+    password_env: str = "IPMI_PASSWORD"
+    password_file: Optional[str] = None
+
+
+class InstallProfile(Model):
+    """A hardware + OS profile: how a machine of this kind boots and installs."""
+
+    installer: Literal["preseed", "kickstart", "lab"]
+    firmware: Literal["bios", "uefi"] = "bios"
+    kernel: str  # path under the TFTP root
+    initrd: str
+    kernel_args: str = ""
+    template: Optional[str] = None  # answer file template in recipes/templates/ (default per installer)
+    prefix: int = Field(default=24, ge=8, le=30)
+    gateway: Optional[str] = None
+    nameservers: list[str] = []
+    domain: str = ""
+    interface: str = "auto"  # the installed system's NIC (auto: the one that booted)
+    disks: list[str] = []  # /dev/disk/by-id/... preferred: never wipe the wrong disk
+    raid: Literal["none", "raid1", "raid10"] = "none"
+    packages: list[str] = []
+    mirror: str = ""  # package mirror/repository URL for the installer
+
+
+class Provision(Model):
+    """`dsas add-server`: the boot server (the host with role pxe), its paths, the BMCs, profiles."""
+
+    boot_server: Optional[str] = None  # host name; default: the one host with role pxe
+    tftp_root: str
+    dhcp_hostsdir: str
+    http_root: str  # answer files go to <http_root>/answers/
+    http_url: str  # the same directory as the installer reaches it, e.g. http://10.0.0.5:8000
+    callback_dir: str  # where the boot server's HTTP stores POST <http_url>/callback/<token>
+    bmc: BmcSettings = BmcSettings()
+    profiles: dict[str, InstallProfile] = Field(min_length=1)
+    default_profile: Optional[str] = None
+    install_timeout: float = Field(default=1800, gt=0)
+    ssh_timeout: float = Field(default=300, gt=0)  # after the callback, until SSH answers
+    shared_files: list[str] = []  # under shared/, copied from a peer of the same role
+
+
 class Settings(Model):
     """The project keys: dsas.yaml, with a stage's overrides merged in."""
 
@@ -223,6 +275,7 @@ class Settings(Model):
     health: Optional[HealthCheck] = None
     warm: Optional[WarmGate] = None
     drbd: list[DrbdResource] = []
+    provision: Optional[Provision] = None
 
 
 class StageSpec(Settings):

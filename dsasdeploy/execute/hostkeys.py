@@ -87,3 +87,37 @@ class PinnedHostKeys(paramiko.MissingHostKeyPolicy):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             with os.fdopen(fd, "a") as out:
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def pin_host_key(policy: PinnedHostKeys, name: str, key_line: str) -> Optional[str]:
+    """Pin `key_line` ("ssh-ed25519 AAAA...") for `name`, replacing any older key of that name.
+
+    Used when dsas itself installed the host and got its key over the install callback.
+    Returns the fingerprint of a replaced (different) key, if there was one."""
+    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {key_line}")
+    if entry is None:
+        raise HostKeyError(f"{name}: not an SSH public key: {key_line[:40]!r}")
+    key = entry.key
+    replaced = None
+    with policy._lock:  # noqa: SLF001 - the policy's own lock
+        old = policy.keys.lookup(name)
+        if old is not None:
+            different = [fingerprint(k) for k in old.values() if k != key]
+            replaced = ", ".join(different) or None
+            for hostname in list(policy.keys.keys()):
+                if hostname == name:
+                    del policy.keys[hostname]
+        policy.keys.add(name, key.get_name(), key)
+        if not policy.persist:
+            return replaced
+        lines = policy.path.read_text().splitlines(keepends=True) if policy.path.is_file() else []
+        kept = [line for line in lines if name not in line.split(None, 1)[0].split(",")] if lines else []
+        kept = [line if line.endswith("\n") else line + "\n" for line in kept]
+        kept.append(f"{name} {key.get_name()} {key.get_base64()}\n")
+        policy.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = policy.path.with_name(policy.path.name + ".dsas-tmp")
+        tmp.write_text("".join(kept))
+        if policy.path.exists():
+            os.chmod(tmp, policy.path.stat().st_mode & 0o777)
+        os.replace(tmp, policy.path)
+    return replaced

@@ -14,6 +14,7 @@ from ..commands.lb import haproxy, lvs
 from ..config.schema import LbSettings
 from ..errors import RemoteError, UsageError
 from ..inventory import Host
+from ..plan.provision import pick_weight
 from ..plan.rollout import capacity_refusal, count_of, ramp_weights
 from .pool import run_parallel
 
@@ -238,11 +239,11 @@ class LvsDriver:
                                   f"active connections: {left}")
             time.sleep(self.settings.poll_interval)
 
-    def restore(self, records: list[dict]) -> None:
+    def restore(self, records: list[dict], steps: Optional[list[int]] = None) -> None:
         """Original weights back (through the ramp steps), verified on every director."""
         if not records:
             return
-        ramps = {id(r): ramp_weights(r["weight"], self.settings.restore_steps) for r in records}
+        ramps = {id(r): ramp_weights(r["weight"], steps or self.settings.restore_steps) for r in records}
         steps = max(len(v) for v in ramps.values())
         for step in range(steps):
             self._apply(records, lambda r: ramps[id(r)][min(step, len(ramps[id(r)]) - 1)])
@@ -252,6 +253,79 @@ class LvsDriver:
             self.flow.bus.emit("lb", host=host, status="restored",
                                weights={f"{r['director']} {r['service']}": r["weight"] for r in records
                                         if r["host"] == host})
+
+
+    # ---- add-server: a new real server joins (weight 0, then ramped) or leaves ------------
+    def join_plan(self, host: Host, peers: Sequence[Host]) -> list[dict]:
+        """One record per (director, virtual service) that serves a peer of `host`: the service the
+        new host joins, with the peers' forwarding method and their most common weight."""
+        tables = self.read_all()
+        rs, peer_rs = self.rs(host), {self.rs(p) for p in peers}
+        records, problems = [], []
+        for director, services in tables.items():
+            for service in services.values():
+                present = [real for address, real in service.reals.items() if address in peer_rs]
+                if not present:
+                    continue
+                methods = sorted({real.method for real in present})
+                if len(methods) > 1:
+                    problems.append(f"{service.key} on {director}: the peers use different forwarding methods "
+                                    f"({', '.join(methods)}); add {rs} by hand")
+                    continue
+                records.append({"host": host.name, "director": director, "service": service.key, "real": rs,
+                                "method": methods[0], "weight": pick_weight([r.weight for r in present]),
+                                "upper": 0, "lower": 0, "present": rs in service.reals})
+        if not records and not problems:
+            problems.append(f"no virtual service on {', '.join(d.name for d in self.directors)} serves a peer of "
+                            f"{host.name} ({', '.join(p.name for p in peers) or 'none'}): nothing to join")
+        if problems:
+            raise RemoteError("; ".join(problems))
+        return records
+
+    def _membership(self, changes: dict[str, list[list[str]]]) -> dict[str, dict[str, lvs.VirtualService]]:
+        directors = [d for d in self.directors if changes.get(d.name)]
+        tables, problems = {}, []
+        for outcome in run_parallel(directors, lambda d: self.flow.backend.run(
+                d, lvs.membership_script(changes[d.name])), self.flow.limit):
+            if not outcome.ok or not outcome.value.ok:
+                problems.append(f"{outcome.host.name}: ipvsadm failed: {outcome.error or outcome.value.stderr_tail()}")
+                continue
+            tables[outcome.host.name] = lvs.parse_read(outcome.value.stdout)[0]
+        if problems:
+            raise RemoteError("; ".join(problems))
+        return tables
+
+    def join(self, records: list[dict], steps: list[int]) -> None:
+        """Add the real server at weight 0 where it is missing (verified), then ramp it up."""
+        changes: dict[str, list[list[str]]] = {}
+        for r in records:
+            if not r["present"]:
+                changes.setdefault(r["director"], []).append(lvs.add_real_argv(r["service"], r["real"], r["method"], 0))
+        tables = self._membership(changes)
+        for r in records:
+            if r["director"] in tables:
+                real = tables[r["director"]].get(r["service"], lvs.VirtualService("", "", "")).reals.get(r["real"])
+                if real is None or real.method != r["method"]:
+                    raise RemoteError(f"{r['director']}: {r['real']} is not in {r['service']} as {r['method']} "
+                                      f"after ipvsadm -a")
+        self.flow.bus.emit("lb", host=records[0]["host"], status="joined",
+                           directors=sorted({r["director"] for r in records}))
+        self.restore(records, steps)
+
+    def leave(self, host: Host) -> list[str]:
+        """Remove `host` from every virtual service on every director; verified. Returns where it was."""
+        rs = self.rs(host)
+        tables = self.read_all()
+        changes = {d: [lvs.delete_real_argv(s.key, rs) for s in services.values() if rs in s.reals]
+                   for d, services in tables.items()}
+        where = [f"{d} {argv[2]} {argv[3]}" for d, lines in changes.items() for argv in lines]
+        after = self._membership(changes)
+        left = [f"{d} {s.key}" for d, services in after.items() for s in services.values() if rs in s.reals]
+        if left:
+            raise RemoteError(f"{rs} is still a real server in {', '.join(left)} after ipvsadm -d")
+        if where:
+            self.flow.bus.emit("lb", host=host.name, status="left", directors=sorted(changes))
+        return where
 
 
 class MaintenanceFileDriver(LvsDriver):

@@ -92,6 +92,25 @@ class SessionFactory:
             raise UsageError(f"ssh.identity_file: {identity} does not exist")
         self._identity = None if self._pkey is not None else identity
 
+    def public_key_line(self) -> str:
+        """The authorized_keys line of the key dsas logs in with (for a new host's installer)."""
+        key = self._pkey
+        if key is None and self._identity is not None:
+            pub = self._identity.with_name(self._identity.name + ".pub")
+            if pub.is_file():
+                return " ".join(pub.read_text().split()[:2])
+            passphrase = os.environ.get(ENV_KEY_PASSPHRASE) or None
+            for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+                try:
+                    key = kind.from_private_key_file(str(self._identity), password=passphrase)
+                    break
+                except (paramiko.SSHException, ValueError):
+                    continue
+        if key is None:
+            raise UsageError("add-server needs the deploy key (ssh.identity_file or $DSAS_SSH_PRIVATE_KEY) to "
+                             "install it on the new host")
+        return f"{key.get_name()} {key.get_base64()}"
+
     def _connect_kwargs(self) -> dict:
         kwargs = {
             "look_for_keys": False,

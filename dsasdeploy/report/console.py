@@ -76,6 +76,11 @@ def describe(event: Event) -> Optional[str]:
     if event.type == "drbd_step":
         msg = f": {event.message}" if event.message else ""
         return f"{host}{event.phase} {event.status} ({d.get('seconds', 0):.2f}s){msg}"
+    if event.type == "provision_step":
+        if event.status == "started":
+            return ""
+        took = f" ({d['seconds']:.1f}s)" if "seconds" in d else ""
+        return f"{host}{event.phase} {event.status}{took}" + (f": {event.message}" if event.message else "")
     if event.type == "host_output":
         return f"{host}{event.message or ''}"
     if event.type == "warning":
@@ -197,7 +202,7 @@ class RichReporter:
                 ratio = figures.get("hit_ratio")
                 self._row(event.host)["warm"] = f"{event.status}" + (f" hit {ratio:.0%}" if ratio is not None else "")
         if event.type in ("summary", "warning", "script", "host_state", "host_output", "hook", "lock",
-                          "recover", "drbd_state", "drbd_verdict", "drbd_step"):
+                          "recover", "drbd_state", "drbd_verdict", "drbd_step", "provision_step"):
             text = describe(event)
             if text and not (event.type == "lock" and event.status in ("acquired", "released")):
                 self.console.print(text, markup=False, highlight=False)

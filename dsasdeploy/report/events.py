@@ -31,6 +31,7 @@ EVENT_TYPES = (
     "drbd_state",      # host, resource, reachable, role, peer_role, cstate, disk, peer_disk, sync_done, ...
     "drbd_verdict",    # status: safe | unsafe, resource, primary, reasons, message
     "drbd_step",       # host, phase (the step), status: ok | failed, seconds, message
+    "provision_step",  # add-server: host (new), phase (step), status: started|ok|failed|skipped|waiting, seconds
     "warning",         # message, host (optional)
     "summary",         # status, exit_code, release, revision, hosts{...}, round_trips{...}
 )

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from . import drbd, release, scaffold
+from . import drbd, provision, release, scaffold
 
 
 def builtin_collection() -> Collection:
     """deploy, rollback, releases, check, unlock, config, and `lab` when available."""
     ns = Collection()
     for task in (release.deploy, release.rollback, release.releases, release.check, release.unlock,
-                 release.config, release.recover, scaffold.init):
+                 release.config, release.recover, scaffold.init, provision.add_server):
         ns.add_task(task)
     ns.add_collection(drbd.ns, name="drbd")
     try:

@@ -183,3 +183,22 @@ def set_weights_script(edits: list[tuple[VirtualService, RealServer, int]]) -> l
 
     lines = [render(edit_argv(service, real, weight)) for service, real, weight in edits]
     return lines + read_script()
+
+
+def add_real_argv(service_key: str, real_address: str, method: str, weight: int) -> list[str]:
+    """`ipvsadm -a`: a new real server in `service_key` ("TCP 10.0.0.1:80")."""
+    proto, address = service_key.split(" ", 1)
+    return ["ipvsadm", "-a", FLAG_OF_PROTO[proto], address, "-r", real_address, FLAG_OF_METHOD[method],
+            "-w", str(weight)]
+
+
+def delete_real_argv(service_key: str, real_address: str) -> list[str]:
+    proto, address = service_key.split(" ", 1)
+    return ["ipvsadm", "-d", FLAG_OF_PROTO[proto], address, "-r", real_address]
+
+
+def membership_script(changes: list[list[str]]) -> list[str]:
+    """Run `ipvsadm -a/-d` lines, then read the table back (the caller verifies it)."""
+    from ..base import render
+
+    return [render(argv) for argv in changes] + read_script()
