@@ -7,13 +7,18 @@ from pathlib import Path
 
 from invoke import Exit, task
 
-FILES = ("dsas.yaml", "stages/staging.yaml", "stages/production.yaml", "recipes/example.py")
+FILES = ("dsas.yaml", "stages/staging.yaml", "stages/production.yaml", "recipes/example.py",
+         # add-server's boot-loader and installer templates (edit them: they are yours)
+         "recipes/templates/_boot_args.j2", "recipes/templates/pxelinux.cfg.j2", "recipes/templates/grub.cfg.j2",
+         "recipes/templates/preseed.cfg.j2", "recipes/templates/kickstart.cfg.j2",
+         "recipes/templates/lab-installer.sh.j2")
 
 
 @task(auto_shortflags=False, help={"directory": "Where to create the project (default: the current directory).",
                                    "force": "Overwrite files that already exist."})
 def init(c, directory=".", force=False):
-    """Create dsas.yaml, stages/staging.yaml, stages/production.yaml and recipes/example.py, all commented.
+    """Create dsas.yaml, stages/staging.yaml, stages/production.yaml, recipes/example.py and
+    recipes/templates/ (add-server's PXE and installer templates), all commented.
 
     Then edit the addresses and run `dsas config staging` and `dsas check staging`.
     """

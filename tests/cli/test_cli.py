@@ -44,7 +44,9 @@ def test_no_project_is_a_usage_error(tmp_path):
 def test_init_scaffolds_a_project_that_validates(tmp_path):
     result = dsas("init", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ("dsas.yaml", "stages/staging.yaml", "stages/production.yaml", "recipes/example.py"):
+    for name in ("dsas.yaml", "stages/staging.yaml", "stages/production.yaml", "recipes/example.py",
+                 "recipes/templates/preseed.cfg.j2", "recipes/templates/kickstart.cfg.j2",
+                 "recipes/templates/pxelinux.cfg.j2", "recipes/templates/grub.cfg.j2"):
         assert (tmp_path / name).is_file()
     for stage in ("staging", "production"):
         checked = dsas("config", stage, "--json", cwd=tmp_path)
@@ -65,3 +67,40 @@ def test_shell_completion_scripts():
 def test_version():
     result = dsas("--version")
     assert result.returncode == 0 and result.stdout.startswith("dsas ") and "paramiko" in result.stdout
+
+
+def add_server_project(tmp_path):
+    """The repo's lab project, with its own key (the lab need not be up)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "stages").mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
+    text = (root / "dsas.yaml").read_text().replace("/var/lib/dsas-lab/ssh/id_ed25519", str(tmp_path / "key"))
+    (tmp_path / "dsas.yaml").write_text(text)
+    (tmp_path / "stages" / "lab.yaml").write_text((root / "stages" / "lab.yaml").read_text())
+    return tmp_path
+
+
+def test_add_server_bad_request_is_one_line_per_problem_exit_2(tmp_path):
+    project = add_server_project(tmp_path)
+    result = dsas("add-server", "lab", "--name", "web1", "--mac", "52:54:00:zz:00:01", "--ip", "10.77.2.12",
+                  "--role", "web,wbe", "--bmc", "127.0.0.1:9623", cwd=project)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in ("already has a host named web1", "not a MAC address", "10.77.2.12: already used by web2",
+                   "--role wbe: unknown role"):
+        assert needle in result.stderr, result.stderr
+    missing = dsas("add-server", "lab", "--name", "web9", cwd=project)
+    assert missing.returncode == 2 and "needs --mac, --ip, --role, --bmc" in missing.stderr, missing.stderr
+    resume = dsas("add-server", "lab", "--name", "web9", "--resume", cwd=project)
+    assert resume.returncode == 2 and "no unfinished add-server of web9" in resume.stderr, resume.stderr
+
+
+def test_add_server_needs_a_bmc_password_and_never_takes_it_as_an_argument(tmp_path):
+    project = add_server_project(tmp_path)
+    (project / "dsas.yaml").write_text((project / "dsas.yaml").read_text().replace(
+        "password_file: /var/lib/dsas-lab/ipmi/password", "password_file: /nonexistent/pw"))
+    result = dsas("add-server", "lab", "--name", "web9", "--mac", "52:54:00:77:02:09", "--ip", "10.77.2.209",
+                  "--role", "web", "--bmc", "127.0.0.1:9623", cwd=project, env={"IPMI_PASSWORD": ""})
+    assert result.returncode == 2 and "provision.bmc.password_file /nonexistent/pw" in result.stderr, result.stderr
+    assert "--password" not in dsas("add-server", "--help").stdout  # no option that would put it in argv
