@@ -5,17 +5,25 @@
 #     ipvsadm, drbd-utils, kmod, memcached, dnsmasq, iproute2, git, curl, procps, e2fsprogs
 #   - the user-mode-linux kernel and modules: `apt-get download` + `dpkg -x` into a cache dir
 #     ($DSAS_LAB_CACHE, default /var/cache/dsas-lab/uml); nothing is installed system-wide.
+#   - the PXE-booted "bare-metal" VM: qemu (TCG), iPXE ROMs, SeaBIOS, pxelinux, OpenIPMI's
+#     ipmi_sim + ipmitool (simulated BMC), busybox-static, dropbear, cpio (installer initramfs),
+#     and the current Debian kernel package (linux-image-<version>-amd64, resolved from the
+#     linux-image-amd64 metapackage) downloaded and `dpkg -x`ed into $CACHE/pxe/kernel (no install).
+#     None of their services is started (openipmi ships an init script: kept from starting).
 set -eu
 CACHE=${DSAS_LAB_CACHE:-/var/cache/dsas-lab}
 PKGS="openssh-server ipvsadm drbd-utils kmod memcached dnsmasq-base iproute2 git curl procps e2fsprogs util-linux python3 iputils-arping"
+PKGS="$PKGS qemu-system-x86 ipxe-qemu qemu-system-data seabios pxelinux syslinux-common openipmi ipmitool busybox-static dropbear-bin cpio"
 BINS="/usr/sbin/sshd /usr/sbin/ipvsadm /usr/sbin/drbdadm /usr/bin/kmod /usr/bin/memcached /usr/sbin/dnsmasq /usr/sbin/ip /usr/bin/git /usr/bin/curl /usr/sbin/mkfs.ext4 /usr/bin/unshare /usr/bin/python3 /usr/bin/setsid /usr/bin/arping"
+# (files, not only binaries: one per PXE package, so a missing one triggers the install)
+BINS="$BINS /usr/bin/qemu-system-x86_64 /usr/lib/ipxe/qemu/efi-virtio.rom /usr/share/qemu/kvmvapic.bin /usr/share/seabios/bios-256k.bin /usr/lib/PXELINUX/pxelinux.0 /usr/lib/syslinux/modules/bios/ldlinux.c32 /usr/bin/ipmi_sim /usr/bin/ipmitool /usr/share/doc/busybox-static /usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/cpio"
 
 if [ "$(id -u)" != 0 ]; then
   echo "lab-setup: must run as root (it installs Debian packages)" >&2; exit 2
 fi
 
 missing=""
-for b in $BINS; do [ -x "$b" ] || missing="$missing $b"; done
+for b in $BINS; do [ -e "$b" ] || missing="$missing $b"; done
 if [ -n "$missing" ]; then
   echo "lab-setup: installing packages (missing:$missing)"
   export DEBIAN_FRONTEND=noninteractive
@@ -41,4 +49,21 @@ fi
 # modprobe -d DIR looks in DIR/lib/modules/$(uname -r)
 mkdir -p "$UML/lib"
 [ -L "$UML/lib/modules" ] || ln -sfn ../usr/lib/uml/modules "$UML/lib/modules"
-echo "lab-setup: ok ($UML/usr/bin/linux.uml)"
+
+# the Debian kernel the PXE VM boots: whatever linux-image-amd64 depends on today (cached)
+PXE=$CACHE/pxe
+if ! ls "$PXE"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+  kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  if [ -z "$kpkg" ]; then
+    apt-get update -qq
+    kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+  fi
+  [ -n "$kpkg" ] || { echo "lab-setup: cannot resolve the kernel package of linux-image-amd64" >&2; exit 1; }
+  echo "lab-setup: fetching $kpkg into $PXE/kernel (extracted only, not installed)"
+  mkdir -p "$PXE"
+  ( cd "$PXE" && { ls "${kpkg}"_*.deb >/dev/null 2>&1 || apt-get download "$kpkg" 2>/dev/null || { apt-get update -qq && apt-get download "$kpkg"; }; } )
+  rm -rf "$PXE/kernel.tmp"; mkdir -p "$PXE/kernel.tmp"
+  dpkg -x "$(ls "$PXE"/"${kpkg}"_*.deb | head -1)" "$PXE/kernel.tmp"
+  rm -rf "$PXE/kernel"; mv "$PXE/kernel.tmp" "$PXE/kernel"
+fi
+echo "lab-setup: ok ($UML/usr/bin/linux.uml, $(ls "$PXE"/kernel/boot/vmlinuz-* | head -1))"

@@ -7,6 +7,7 @@
     kill_guest                  hard-kill a UML guest (SIGKILL to linux.uml and its helpers)
     app_unhealthy / app_healthy make /health of the web app answer 503 / normal again
     memcached_unreachable / memcached_reachable   cut / restore the memcached host's link
+    bmc_rejects_bootdev / bmc_accepts_bootdev     the lab BMC refuses / takes boot devices again
 """
 
 from __future__ import annotations
@@ -152,3 +153,20 @@ def memcached_unreachable(lab: Lab, name: str = "cache1") -> None:
 
 def memcached_reachable(lab: Lab, name: str = "cache1") -> None:
     restore_link(lab, name)
+
+
+def _reject_flag(lab: Lab) -> str:
+    return os.path.join(lab.state, "run", "bmc-reject-bootdev")
+
+
+def bmc_rejects_bootdev(lab: Lab) -> None:
+    """The lab BMC answers every boot-device change with an error (ipmitool still exits 0)."""
+    with open(_reject_flag(lab), "w") as f:
+        f.write("injected by dsasdeploy.lab.faults\n")
+
+
+def bmc_accepts_bootdev(lab: Lab) -> None:
+    try:
+        os.unlink(_reject_flag(lab))
+    except FileNotFoundError:
+        pass

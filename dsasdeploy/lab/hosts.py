@@ -15,7 +15,8 @@ import subprocess
 import time
 
 from .net import sh
-from .topology import HostSpec
+from .topology import (BOOT_HTTP_PORT, PXE_PRIV_ADDR, PXE_PRIV_GATEWAY, HostSpec, callback_dir,
+                       http_root)
 
 SSHD_CONFIG = """# sshd of a dsas lab host (written by dsasdeploy.lab). Host key given with -h.
 Port 22
@@ -162,9 +163,11 @@ def start_memcached(h: HostSpec, state: str, holder: int, addr: str, port: int) 
                     os.path.join(state, "logs", f"{h.name}.memcached.log"))
 
 
-DNSMASQ_CONF = """# dnsmasq of the lab boot server (DHCP + TFTP), runs only in netns {netns}
+DNSMASQ_CONF = """# dnsmasq of the lab boot server (DHCP + TFTP + RA), runs only in netns {netns}
+# eth0 mgmt (TFTP only), {boot_if} br-boot (open DHCP range), {priv_if} br-priv (reserved MACs only)
 interface={boot_if}
 interface=eth0
+interface={priv_if}
 bind-interfaces
 except-interface=lo
 port=0
@@ -173,6 +176,14 @@ no-hosts
 user=root
 dhcp-leasefile={state}/boot/dnsmasq.leases
 dhcp-range={range_lo},{range_hi},255.255.255.0,1h
+# br-priv: static-only range (addresses come from dhcp-host entries) and nothing at all for
+# unknown MACs; default gateway = the director, as for the web hosts
+dhcp-range=set:priv,{priv_net},static,255.255.255.0,1h
+dhcp-ignore=tag:{priv_if},tag:!known
+dhcp-option=tag:priv,option:router,{priv_gw}
+# vendor class PXEClient in the offer: iPXE then takes it at once instead of waiting ~3 s for a
+# ProxyDHCP offer
+dhcp-option-force=tag:priv,60,PXEClient
 dhcp-boot=pxelinux.0
 log-dhcp
 # offer at once (no ICMP probe of the address first: everything on br-boot is ours)
@@ -181,6 +192,11 @@ enable-tftp
 tftp-root={state}/boot/tftp
 # per-machine DHCP entries (MAC,IP,name): one file each, re-read on change (inotify)
 dhcp-hostsdir={state}/boot/dhcp-hosts
+# iPXE waits ~13 s for IPv6 autoconfiguration unless a router advertisement arrives: answer on
+# br-priv with an RA (lab ULA, no SLAAC, router lifetime 0 = nobody's default router)
+enable-ra
+dhcp-range=::,constructor:{priv_if},ra-only
+ra-param={priv_if},60,0
 """
 
 PXE_DEFAULT = """# pxelinux default written by dsas lab: unknown machines boot their local disk
@@ -195,12 +211,23 @@ def write_boot_files(state: str, netns: str) -> None:
     os.makedirs(os.path.join(b, "tftp", "pxelinux.cfg"), exist_ok=True)
     os.makedirs(os.path.join(b, "dhcp-hosts"), exist_ok=True)
     with open(os.path.join(b, "dnsmasq.conf"), "w") as f:
-        f.write(DNSMASQ_CONF.format(netns=netns, boot_if="eth1", state=state,
-                                    range_lo="10.77.4.100", range_hi="10.77.4.200"))
+        f.write(DNSMASQ_CONF.format(netns=netns, boot_if="eth1", priv_if="eth2", state=state,
+                                    range_lo="10.77.4.100", range_hi="10.77.4.200",
+                                    priv_net=PXE_PRIV_ADDR.rsplit(".", 1)[0] + ".0",
+                                    priv_gw=PXE_PRIV_GATEWAY))
     with open(os.path.join(b, "tftp", "pxelinux.cfg", "default"), "w") as f:
         f.write(PXE_DEFAULT)
     with open(os.path.join(b, "tftp", "hello.txt"), "w") as f:
         f.write("dsas lab boot server: TFTP works\n")
+
+
+def start_boot_http(state: str, holder: int, script: str) -> int:
+    """boothttp.py on 0.0.0.0:8000 inside boot1 (log <state>/logs/boot-http.log)."""
+    return spawn_in(holder, ["/usr/bin/python3", "-I", script, "--root", http_root(state),
+                             "--spool", callback_dir(state), "--log",
+                             os.path.join(state, "logs", "boot-http.log"),
+                             "--addr", "0.0.0.0", "--port", str(BOOT_HTTP_PORT)],
+                    os.path.join(state, "logs", "boot-http.out"))
 
 
 def start_dnsmasq(h: HostSpec, state: str, holder: int) -> int:

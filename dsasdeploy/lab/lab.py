@@ -13,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import DsasError, UsageError
-from . import guests, hosts, net
+from . import guests, hosts, net, pxe
 from .app_repo import ensure_app_repo
-from .topology import (APP_PORT, DEPLOY_TO, DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT,
-                       MAX_WEB, MEMCACHED_ADDR, MEMCACHED_PORT, SWITCH_NS, VIP, VIP_PORT,
-                       HostSpec, cache_dir, stage_yaml, state_dir, topology)
+from .topology import (APP_PORT, BMC_ADDR, BMC_PORT, BMC_USER, BOOT_ADDR, BOOT_HTTP_PORT, DEPLOY_TO,
+                       DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT, MAX_WEB, MEMCACHED_ADDR,
+                       MEMCACHED_PORT, PXE_PRIV_ULA, PXE_VM_BRIDGE, PXE_VM_TAP, SWITCH_NS, VIP,
+                       VIP_PORT, HostSpec, bmc_password_file, boot_dir, cache_dir, stage_yaml,
+                       state_dir, topology)
 
 
 MARKER = ".dsas-lab"
@@ -137,6 +139,57 @@ class Lab:
             raise UsageError(f"only paths under /srv are private to a lab host, not {path}")
         return os.path.join(self.host_srv(name), path[len("/srv/"):])
 
+    # ---------- the PXE machine and its BMC ----------
+    @property
+    def boot_dir(self) -> str:
+        """<state>/boot: tftp/, http/ (answers/), callbacks/, dhcp-hosts/, dnsmasq.conf."""
+        return boot_dir(self.state)
+
+    @property
+    def bmc_password_file(self) -> str:
+        """Password of BMC user admin (random per lab, mode 600): ipmitool -E reads $IPMI_PASSWORD."""
+        return bmc_password_file(self.state)
+
+    bmc = (BMC_ADDR, BMC_PORT)
+    bmc_user = BMC_USER
+
+    def ipmitool(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """`ipmitool -I lanplus -H 127.0.0.1 -p 9623 -U admin -E -C 3 <args>` against the lab BMC
+        (password through $IPMI_PASSWORD, never on the command line). Note: `chassis bootdev`
+        exits 0 even when it fails: read it back with `chassis bootparam get 5`."""
+        with open(self.bmc_password_file) as f:
+            env = dict(os.environ, IPMI_PASSWORD=f.read().strip())
+        return subprocess.run(["ipmitool", "-I", "lanplus", "-H", BMC_ADDR, "-p", str(BMC_PORT),
+                               "-U", BMC_USER, "-E", "-C", "3", *args], capture_output=True,
+                              text=True, env=env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def pxe_vm_running(self) -> bool:
+        """qemu of the PXE machine is alive (pid file <state>/run/pxe-vm.pid)."""
+        return pxe.vm_pid(self.state) is not None
+
+    def pxe_vm_pid(self) -> int | None:
+        return pxe.vm_pid(self.state)
+
+    def pxe_vm_console(self) -> str:
+        """The VM's serial console since its last power-on (SeaBIOS, iPXE, kernel, installer), or ""."""
+        return _read(os.path.join(self.state, "logs", "pxe-vm.console"))
+
+    def dnsmasq_log(self) -> str:
+        """boot1's dnsmasq log (DHCP with log-dhcp, TFTP)."""
+        return _read(os.path.join(self.state, "logs", "dnsmasq.log"))
+
+    def boot_http_log(self) -> str:
+        return _read(os.path.join(self.state, "logs", "boot-http.log"))
+
+    def bmc_status(self) -> dict:
+        """{"bmc": "up"|"down", "bmc_pid", "power": "on"|"off", "vm_pid", "bootdev"} (no IPMI
+        round trip: from the PIDs and the BMC's boot-device file)."""
+        pid = self.pid("bmc.ipmi_sim")
+        up = bool(pid) and guests.alive(pid) and pxe.bmc_listening()
+        vm = pxe.vm_pid(self.state)
+        return {"bmc": "up" if up else "down", "bmc_pid": pid, "power": "on" if vm else "off",
+                "vm_pid": vm, "bootdev": _read(os.path.join(self.state, "run", "pxe-bootdev")).strip()}
+
     def pid(self, key: str) -> int | None:
         m = self.meta() or {}
         return m.get("pids", {}).get(key)
@@ -156,9 +209,18 @@ class Lab:
         if not os.access(linux, os.X_OK):
             raise UsageError(f"user-mode-linux kernel not found at {linux}: run .ci/lab-setup.sh")
         for tool in ("/usr/sbin/sshd", "/usr/sbin/ipvsadm", "/usr/sbin/drbdadm", "/usr/bin/memcached",
-                     "/usr/sbin/dnsmasq", "/usr/bin/nsenter", "/usr/bin/git"):
+                     "/usr/sbin/dnsmasq", "/usr/bin/nsenter", "/usr/bin/git", pxe.QEMU, pxe.IPMI_SIM,
+                     "/usr/bin/ipmitool", pxe.BUSYBOX, pxe.DROPBEAR, pxe.DROPBEARKEY, "/usr/bin/cpio",
+                     pxe.PYTHON):
             if not os.access(tool, os.X_OK):
                 raise UsageError(f"{tool} is missing: run .ci/lab-setup.sh")
+        for f in (pxe.PXELINUX, pxe.LDLINUX):
+            if not os.path.exists(f):
+                raise UsageError(f"{f} is missing: run .ci/lab-setup.sh")
+        try:
+            pxe.kernel()
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
         st = self.state
         if os.path.isdir(st) and os.listdir(st) and not os.path.exists(os.path.join(st, MARKER)):
             raise UsageError(f"{st} exists and is not a dsas lab directory: choose another DSAS_LAB_DIR")
@@ -170,6 +232,8 @@ class Lab:
                              "the lab needs that range for itself")
         t0 = time.time()
         m = self.meta()
+        if m is None and pxe.bmc_port_busy():
+            raise UsageError(f"UDP {BMC_ADDR}:{BMC_PORT} (the lab BMC) is in use by another program")
         if m is not None:
             if self.running() and m.get("complete") and m["web"] == web:
                 if self._health_quick():
@@ -189,10 +253,13 @@ class Lab:
         return {"seconds": time.time() - t0, "already_running": False, "web": web}
 
     def _health_quick(self) -> bool:
-        """Guests and namespace holders alive (sshd may be stopped by a fault: healed instead)."""
+        """Guests and namespace holders alive (sshd may be stopped by a fault: healed instead),
+        and the lab has its PXE machine (a lab made by an older dsas is rebuilt)."""
         m = self.meta() or {}
-        return all(guests.alive(p) for k, p in m.get("pids", {}).items()
-                   if "." not in k or k.endswith(".ns"))
+        pids = m.get("pids", {})
+        if "bmc.ipmi_sim" not in pids or "boot1.http" not in pids:
+            return False
+        return all(guests.alive(p) for k, p in pids.items() if "." not in k or k.endswith(".ns"))
 
     def _heal_sshd(self) -> None:
         m = self.meta() or {}
@@ -201,6 +268,18 @@ class Lab:
             if h.kind == "ns" and h.ssh and pid and not guests.alive(pid):
                 m["pids"][f"{h.name}.sshd"] = hosts.start_sshd(h, self.state, m["pids"][f"{h.name}.ns"])
                 self._save(m)
+        # the boot server's HTTP and the BMC, if something stopped them
+        pid = m.get("pids", {}).get("boot1.http")
+        if pid and not guests.alive(pid):
+            m["pids"]["boot1.http"] = hosts.start_boot_http(
+                self.state, m["pids"]["boot1.ns"], os.path.join(self.state, "bin", "boothttp.py"))
+            self._save(m)
+        pid = m.get("pids", {}).get("bmc.ipmi_sim")
+        if pid and not guests.alive(pid):
+            guests.reap(pid)
+            m["pids"]["bmc.ipmi_sim"] = new = pxe.start_bmc(self.state)
+            self._save(m)
+            pxe.wait_bmc(new)
 
     def _up(self, web: int, timeout: float) -> None:
         st = self.state
@@ -225,9 +304,10 @@ class Lab:
         hosts.write_ssh_files(st, topo, only=[h.name for h in gs])
         guests.write_guest_files(st, self.uml_root, ipvs_rules(web), "10.77.3.21", "10.77.3.22",
                                  DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT)
-        # network: switch + root legs + guest taps, then the guests (slowest) first
+        # network: switch + root legs + guest taps (+ the PXE VM's), then the guests (slowest) first
         net.switch_up()
         net.guest_taps(gs)
+        net.vm_tap(PXE_VM_TAP, PXE_VM_BRIDGE)
         dbs = [h.name for h in gs if "db" in h.roles]
         guests.make_drbd_disks(st, dbs, by[dbs[0]].disk_mb, "lab data written on drbd-a\n")
         # the DRBD pair first: its bring-up is the longest path of `up`
@@ -238,6 +318,17 @@ class Lab:
         # files the hosts need, while the guests boot
         hosts.write_ssh_files(st, topo)
         hosts.write_boot_files(st, by["boot1"].netns)
+        # the PXE machine: installer initramfs (built once into the cache), TFTP/HTTP roots, the
+        # VM's power scripts, the BMC (started now: the VM stays off)
+        initrd = pxe.ensure_initramfs()
+        meta["initramfs"] = {k: initrd[k] for k in ("size", "built", "kernel")}
+        meta["initramfs"]["seconds"] = round(initrd["seconds"], 2)
+        pxe.write_boot_files(st, initrd["path"])
+        boothttp = pxe.copy_script(st)
+        pxe.write_vm_files(st)
+        pxe.write_bmc_files(st)
+        pids["bmc.ipmi_sim"] = pxe.start_bmc(st)
+        self._save(meta)
         for h in nss:
             os.makedirs(self.host_srv(h.name), exist_ok=True)
             if "web" in h.roles:
@@ -252,6 +343,8 @@ class Lab:
         # namespace hosts
         for h in nss:
             net.host_netns(h)
+            if "pxe" in h.roles:  # the lab ULA on br-priv, for dnsmasq's router advertisements
+                net.ip_batch([f"addr add {PXE_PRIV_ULA} dev eth2 nodad"], h.netns)
             pids[f"{h.name}.ns"] = hosts.start_holder(h, st)
         for h in nss:
             holder = pids[f"{h.name}.ns"]
@@ -264,6 +357,7 @@ class Lab:
                                                                     MEMCACHED_PORT)
             if "pxe" in h.roles:
                 pids[f"{h.name}.dnsmasq"] = hosts.start_dnsmasq(h, st, holder)
+                pids[f"{h.name}.http"] = hosts.start_boot_http(st, holder, boothttp)
         self._save(meta)
 
         # wait for every sshd (banner), memcached, DRBD bring-up and its service
@@ -305,6 +399,14 @@ class Lab:
             if time.time() > deadline:
                 raise LabError(f"the DRBD service on {DRBD_SERVICE_IP}:{DRBD_SERVICE_PORT} does not answer")
             time.sleep(0.05)
+        while self.http_get(BOOT_ADDR, BOOT_HTTP_PORT, "/index.txt", timeout=1.0)[0] != 200:
+            if time.time() > deadline:
+                raise LabError(f"boot1's HTTP server on :{BOOT_HTTP_PORT} does not answer "
+                               f"(see {st}/logs/boot-http.out)")
+            time.sleep(0.05)
+        if not pxe.wait_bmc(pids["bmc.ipmi_sim"], max(2.0, deadline - time.time())):
+            raise LabError(f"the BMC (ipmi_sim) does not listen on {BMC_ADDR}:{BMC_PORT}, "
+                           f"see {st}/logs/ipmi_sim.log")
         meta["complete"] = True
         meta["up_seconds"] = round(time.time() - meta["started"], 2)
         self._save(meta)
@@ -318,6 +420,11 @@ class Lab:
         t0 = time.time()
         m = self.meta() or {}
         pids = m.get("pids", {})
+        # the BMC first (nothing may power the VM on again), then the VM (pid file)
+        if pids.get("bmc.ipmi_sim"):
+            self._kill({pids["bmc.ipmi_sim"]})
+        pxe.stop_vm(self.state)
+        net.del_link(PXE_VM_TAP)
         guest_pids = {k: v for k, v in pids.items() if "." not in k}
         if guest_pids:
             guests.stop_guests(self.state, guest_pids)
@@ -513,12 +620,16 @@ class Lab:
                                f"(last: {code} {body.strip()[:80]})")
             time.sleep(0.1)
 
-    def dhcp_discover(self, mac: str = "", timeout: float = 5.0) -> dict:
-        """Send one DHCPDISCOVER from the client namespace's br-boot NIC (eth1; its own MAC
-        unless `mac` is given, then the offer may go to that MAC only); return the offer
-        ({"yiaddr", "server", "file"}) or {} when nothing answered."""
-        p = self.exec_in("client", ["python3", "-c", DHCP_PROBE, mac, str(timeout)],
+    def dhcp_discover(self, mac: str = "", timeout: float = 5.0, host: str = "client",
+                      iface: str = "eth1") -> dict:
+        """Send one DHCPDISCOVER (broadcast flag set) from a namespace host's NIC (default: the
+        client's br-boot NIC eth1; its own MAC unless `mac` is given); return the offer
+        ({"yiaddr", "server", "file"}) or {} when nothing answered. E.g. host="web1",
+        iface="eth0" probes br-priv, where boot1 answers reserved MACs only."""
+        p = self.exec_in(host, ["python3", "-c", DHCP_PROBE, mac, str(timeout), iface],
                          timeout=timeout + 10)
+        if p.returncode:
+            raise LabError(f"DHCP probe in {host} failed: {p.stderr.strip()[-300:]}")
         return json.loads(p.stdout or "{}")
 
     def ipvs(self) -> str:
@@ -544,7 +655,8 @@ class Lab:
 
 DHCP_PROBE = r"""
 import json, os, socket, struct, sys, time
-mac = sys.argv[1] or open("/sys/class/net/eth1/address").read().strip()
+dev = sys.argv[3] if len(sys.argv) > 3 else "eth1"
+mac = sys.argv[1] or open(f"/sys/class/net/{dev}/address").read().strip()
 mac = bytes.fromhex(mac.replace(":", "")); timeout = float(sys.argv[2])
 xid = os.urandom(4)
 pkt = struct.pack("!BBBB4sHH4s4s4s4s16s64s128s", 1, 1, 6, 0, xid, 0, 0x8000, b"\0"*4, b"\0"*4,
@@ -553,11 +665,11 @@ pkt += b"\x63\x82\x53\x63" + b"\x35\x01\x01" + b"\x37\x03\x01\x03\x43" + b"\xff"
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth1")
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
 s.bind(("0.0.0.0", 68))
 # the interface has no IPv4 address: read the (broadcast) offer at layer 2, as DHCP clients do
 r = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-r.bind(("eth1", 0)); r.settimeout(timeout)
+r.bind((dev, 0)); r.settimeout(timeout)
 s.sendto(pkt, ("255.255.255.255", 67))
 end = time.time() + timeout
 while time.time() < end:
@@ -588,6 +700,14 @@ while time.time() < end:
                       "file": data[108:236].rstrip(b"\0").decode() or bootfile}))
     break
 """
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def _is_mount(path: str) -> bool:

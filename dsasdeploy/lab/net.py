@@ -52,6 +52,13 @@ def switch_up() -> None:
             "netns", "1"])
         root_cmds += [f"addr add {addr} dev {root_if}", f"link set {root_if} up"]
         ip_batch([f"link set {sw_if} master {br} up"], SWITCH_NS)
+        # the controller takes no IPv6 router advertisements from the lab (boot1 sends some on
+        # br-priv for the PXE VM's firmware)
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{root_if}/accept_ra", "w") as f:
+                f.write("0\n")
+        except OSError:
+            pass  # IPv6 off on this machine
     ip_batch(root_cmds)
 
 
@@ -61,6 +68,15 @@ def guest_taps(hosts: list[HostSpec]) -> None:
         for nic in h.nics:
             cmds += [f"tuntap add dev {nic.tap} mode tap", f"link set {nic.tap} master {nic.bridge} up"]
     ip_batch(cmds, SWITCH_NS)
+
+
+def vm_tap(name: str, bridge: str) -> None:
+    """A tap for a qemu VM in the switch namespace (qemu must open it from that namespace)."""
+    ip_batch([f"tuntap add dev {name} mode tap", f"link set {name} master {bridge} up"], SWITCH_NS)
+
+
+def del_link(name: str, netns: str = SWITCH_NS) -> None:
+    sh(["ip", "-n", netns, "link", "del", name], check=False)
 
 
 def veth_name(h: HostSpec, i: int) -> str:

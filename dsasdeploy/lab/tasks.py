@@ -9,7 +9,7 @@ from invoke import task
 
 from ..errors import UsageError
 from .lab import Lab, require_root
-from .topology import VIP, VIP_PORT
+from .topology import BMC_ADDR, BMC_PORT, PXE_VM_MAC, VIP, VIP_PORT
 
 
 def _lab() -> Lab:
@@ -29,6 +29,8 @@ def up(c, web=3):
               f"(state {lab.state})")
     print(f"stage file: {lab.stage_file()}" + ("  (same as stages/lab.yaml)" if int(web) == 3 else ""))
     print(f"ssh: dsas lab ssh web1   |   client traffic: ip netns exec dsaslab-client curl http://{VIP}/")
+    print(f"PXE machine {PXE_VM_MAC} (off): BMC ipmitool -I lanplus -H {BMC_ADDR} -p {BMC_PORT} -U admin "
+          f"-E -C 3 (IPMI_PASSWORD from {lab.bmc_password_file})")
 
 
 @task(auto_shortflags=False)
@@ -52,6 +54,11 @@ def status(c):
     for s in rows:
         print(f"{s.name:<8} {s.kind:<6} {s.address:<13} {','.join(s.roles) or '-':<18} "
               f"{'up' if s.up else 'DOWN':<5} {s.detail}")
+    b = lab.bmc_status()
+    vm = f"power {b['power']}" + (f" (qemu pid {b['vm_pid']})" if b["vm_pid"] else "")
+    print(f"{'pxe-vm':<8} {'qemu':<6} {PXE_VM_MAC:<17} BMC {BMC_ADDR}:{BMC_PORT} "
+          f"{'up' if b['bmc'] == 'up' else 'DOWN'} (ipmi_sim pid {b['bmc_pid']}), {vm}, "
+          f"boot device {b['bootdev'] or '?'}")
 
 
 @task(auto_shortflags=False, positional=["host"],

@@ -5,9 +5,12 @@
                                                             drbd service IP .20, boot1 .6
       dsaslab-c 10.77.1.1/24  ── veth ── br-pub  10.77.1.0/24: VIP 10.77.1.10 (lb1), client .100
       dsaslab-p 10.77.2.254/24 ─ veth ── br-priv 10.77.2.0/24: lb1 10.77.2.1 (gw of the web hosts),
-                                                            cache1 .5, webN 10.77.2.(10+N)
+                                                            cache1 .5, boot1 .6 (DHCP for reserved
+                                                            MACs only), webN 10.77.2.(10+N),
+                                                            pxe-vm (qemu, tap-pxe0, MAC 52:54:00:77:02:00)
                                          br-repl 10.77.3.0/24: drbd-a .21, drbd-b .22 (DRBD only)
                                          br-boot 10.77.4.0/24: boot1 .1 (DHCP range .100-.200)
+      ipmi_sim (the pxe-vm's BMC) on 127.0.0.1:9623 in the root namespace (loopback only)
 
 The web hosts have a single address, on br-priv; it is both their SSH address (stage file) and
 their LVS real-server address, so the deploy tool needs no mapping between the two.
@@ -40,6 +43,26 @@ BOOT_ADDR = "10.77.0.6"
 BOOT_NET_ADDR = "10.77.4.1"
 DEPLOY_TO = "/srv/labapp"
 
+# ---- the PXE-installable "bare-metal" machine (fixed interface: `dsas add-server` relies on it) ----
+# boot1's third NIC, on br-priv: dnsmasq answers DHCP there for reserved MACs only
+PXE_PRIV_ADDR = "10.77.2.6"
+PXE_PRIV_PREFIX = 24
+PXE_PRIV_GATEWAY = DIRECTOR_PRIV  # router option dnsmasq hands out on br-priv
+PXE_PRIV_ULA = "fd77:2::6/64"  # router advertisements on br-priv only (iPXE's IPv6 wait)
+# the VM: one virtio NIC on tap-pxe0 (switch namespace, enslaved to br-priv)
+PXE_VM_MAC = "52:54:00:77:02:00"
+PXE_VM_IP = "10.77.2.200"  # what add-server reserves for it; the lab itself never writes it anywhere
+PXE_VM_TAP = "tap-pxe0"
+PXE_VM_BRIDGE = "br-priv"
+PXE_VM_MEM_MB = 256
+# its BMC: OpenIPMI's ipmi_sim, IPMI over LAN (lanplus) on the host's loopback only
+BMC_ADDR = "127.0.0.1"
+BMC_PORT = 9623
+BMC_USER = "admin"
+# boot1's HTTP server (answer files GET, install callbacks POST /callback/<token>)
+BOOT_HTTP_PORT = 8000
+BOOT_SUBDIR = "boot"
+
 # root-namespace legs: (root-side name, switch-side name, bridge, root address/prefix)
 ROOT_LEGS = [
     ("dsaslab-m", "up-m", "br-mgmt", "10.77.0.1/24"),
@@ -56,6 +79,46 @@ def state_dir() -> str:
 
 def cache_dir() -> str:
     return os.environ.get("DSAS_LAB_CACHE", DEFAULT_CACHE_DIR)
+
+
+# Boot-server layout. boot1 sees the host's file system, so each path is the same inside boot1
+# (over SSH) and on the controller. The functions read $DSAS_LAB_DIR when called; BOOT_DIR is
+# the value at import time (the default lab: /var/lib/dsas-lab/boot).
+def boot_dir(state: str | None = None) -> str:
+    """<state>/boot: dnsmasq.conf, dnsmasq.leases and the directories below."""
+    return os.path.join(state or state_dir(), BOOT_SUBDIR)
+
+
+def tftp_root(state: str | None = None) -> str:
+    """pxelinux.0, ldlinux.c32, vmlinuz, initrd.img, pxelinux.cfg/default (+ per-MAC files)."""
+    return os.path.join(boot_dir(state), "tftp")
+
+
+def http_root(state: str | None = None) -> str:
+    """Served by boot1 on :8000 (GET); add-server writes answer files to answers/<name>."""
+    return os.path.join(boot_dir(state), "http")
+
+
+def answers_dir(state: str | None = None) -> str:
+    return os.path.join(http_root(state), "answers")
+
+
+def callback_dir(state: str | None = None) -> str:
+    """POST /callback/<token> bodies land here as files named <token>."""
+    return os.path.join(boot_dir(state), "callbacks")
+
+
+def dhcp_hosts_dir(state: str | None = None) -> str:
+    """dnsmasq dhcp-hostsdir: one file per machine, one line `MAC,IP,name` (re-read on change)."""
+    return os.path.join(boot_dir(state), "dhcp-hosts")
+
+
+def bmc_password_file(state: str | None = None) -> str:
+    """The BMC password of user BMC_USER (random per lab, mode 600)."""
+    return os.path.join(state or state_dir(), "ipmi", "password")
+
+
+BOOT_DIR = boot_dir()
 
 
 @dataclass(frozen=True)
@@ -111,8 +174,10 @@ def topology(web: int = DEFAULT_WEB) -> list[HostSpec]:
             mem="128M", mods=("drbd",), disk_mb=40),
         HostSpec("cache1", "ns", MEMCACHED_ADDR, ("memcached",),
                  nics=(Nic("br-priv", f"{MEMCACHED_ADDR}/24"),)),
+        # eth0 mgmt, eth1 br-boot (open DHCP range), eth2 br-priv (DHCP for reserved MACs only)
         HostSpec("boot1", "ns", BOOT_ADDR, ("pxe",),
-                 nics=(Nic("br-mgmt", f"{BOOT_ADDR}/24"), Nic("br-boot", f"{BOOT_NET_ADDR}/24"))),
+                 nics=(Nic("br-mgmt", f"{BOOT_ADDR}/24"), Nic("br-boot", f"{BOOT_NET_ADDR}/24"),
+                       Nic("br-priv", f"{PXE_PRIV_ADDR}/{PXE_PRIV_PREFIX}"))),
         # client eth1 sits unaddressed on br-boot: a place to be a DHCP client of boot1
         HostSpec("client", "ns", CLIENT_ADDR, (),
                  nics=(Nic("br-pub", f"{CLIENT_ADDR}/24"), Nic("br-boot", "")), ssh=False),
