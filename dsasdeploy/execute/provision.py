@@ -22,6 +22,7 @@ start that would miss the new host.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import secrets
@@ -33,7 +34,7 @@ from typing import Callable, Optional
 import jinja2
 import paramiko
 
-from ..commands import pxe
+from ..commands import bootstrap, pxe
 from ..commands.base import mark, q
 from ..commands import release as rel
 from ..config.load import load_stage
@@ -51,6 +52,7 @@ from .ipmi import Bmc
 from .pool import signals_deferred
 
 POLL_SECONDS = 2.0
+PLACEHOLDER_TOKEN = "not-yet-issued-token"  # renders the templates before a token exists
 
 
 def state_path(project_dir: Path, stage: str, name: str) -> Path:
@@ -89,6 +91,10 @@ class ProvisionJournal:
 
     def unmark(self, *steps: str) -> None:
         self.save(done=[s for s in self.data.get("done", []) if s not in steps])
+
+    def discard(self) -> None:
+        self.data = {}
+        self.path.unlink(missing_ok=True)
 
     def finish(self) -> None:
         self.save(finished=True)
@@ -165,17 +171,22 @@ class AddServer:
             "validate": self.validate, "boot_files": self.install_boot_files, "power_on": self.power_on,
             "install": self.wait_install, "pxe_cleanup": self.pxe_cleanup, "bootstrap": self.bootstrap,
             "deploy": self.deploy, "join_pool": self.join_pool, "stage_file": self.write_stage_file}
-        self.journal.save(request=self.request.as_dict())
+        failed_step = "validate"
         try:
             for name in plan.STEPS:
                 if name != "validate" and self.journal.done(name):
                     self.bus.emit("provision_step", host=self.request.name, phase=name, status="skipped",
                                   message="done in an earlier run")
                     continue
+                failed_step = name
                 self._step(name, steps[name])
-        except BaseException as exc:
+                if name == "validate":
+                    self.journal.save(request=self.request.as_dict())
+        except BaseException:
             with signals_deferred():
                 self.flow.release_locks()
+                if failed_step == "validate" and not self.journal.data.get("done"):
+                    self.journal.discard()  # nothing was done: a plain rerun is fine
             raise
         with signals_deferred():
             self.flow.release_locks()
@@ -218,16 +229,22 @@ class AddServer:
         if self.stage.settings.lb is not None and self.stage.settings.lb.driver == "haproxy":
             raise UsageError("lb.driver haproxy: add-server cannot add a server to a HAProxy backend at runtime; "
                              "add a (disabled) server line for it to the HAProxy configuration first")
-        files = self.boot_files()
+        files = self.boot_files(token=self.journal.data.get("token") or PLACEHOLDER_TOKEN)
         problems = []
         installed = self.journal.done("install")
         state = self.probe_boot_server(files)
         problems += [f"{self.boot_server.name}: missing or not writable: {m}" for m in state.missing]
         problems += pxe.dhcp_conflicts(state.dhcp_entries, self.request.mac, self.request.ip, files.dhcp_host.path)
-        if files.boot_config.path in state.existing and not self.journal.exists:
+        if files.boot_config.path in state.existing and not self.journal.data.get("done"):
             problems.append(f"{self.boot_server.name}: {files.boot_config.path} already exists: another install "
                             f"of this MAC is under way (or was left behind); remove it or use --resume")
         power = self.bmc.power_status()
+        lb = self.stage.settings.lb
+        if lb is not None and lb.driver == "lvs" and not self.journal.done("join_pool"):
+            try:  # read-only, now: an install must not end in a pool that cannot take the host
+                self.flow.driver.join_plan(self.new_host, self.peers)
+            except DsasError as exc:
+                problems.append(f"load balancer: {exc}")
         if not installed and self._ssh_answers() and not self.reinstall:
             problems.append(f"{self.request.ip}:{self.new_host.port} already answers SSH: that address is in use "
                             f"(pass --reinstall to wipe the machine that answers there)")
@@ -333,11 +350,11 @@ class AddServer:
         return f"removed {', '.join(paths)}; {note}"
 
     # ---- 7. bootstrap -------------------------------------------------------------------
-    def wait_ssh(self) -> None:
+    def wait_ssh(self, host: Host) -> None:
         deadline = time.time() + self.provision.ssh_timeout
         while True:
             try:
-                self.backend.connect(self.new_host)
+                self.backend.connect(host)
                 return
             except DsasError as exc:
                 if "HOST KEY" in str(exc) or time.time() > deadline:
@@ -345,20 +362,18 @@ class AddServer:
             time.sleep(1.0)
 
     def bootstrap(self) -> str:
-        self.wait_ssh()
+        """As root (the installer authorized the deploy key for root): layout, deploy user, shared files."""
+        root = self.new_host if self.new_host.user == "root" else dataclasses.replace(
+            self.new_host, user="root", name=self.new_host.name + "/root")  # its own cached connection
+        self.wait_ssh(root)
         shared = self._shared_files()
         paths = self.new_host.paths
         dirs = [paths.releases, paths.shared] + [paths.shared_path(d) for d in self.stage.settings.linked_dirs]
-        lines = [
-            f"[ \"$(hostname)\" = {q(self.request.name)} ] || echo \"dsas: hostname is $(hostname), expected "
-            f"{self.request.name}\" >&2",
-            mark("hostname", "$(hostname)"),
-            "if [ -r /proc/mdstat ] && grep -q '\\[U*_[U_]*\\]' /proc/mdstat; then echo 'dsas: a RAID array is degraded:"
-            " see /proc/mdstat' >&2; exit 3; fi",
-            f"mkdir -p {' '.join(q(d) for d in dirs)}",
-        ]
-        lines += pxe.install_files_script([(paths.shared_path(n), content, "0644") for n, content in shared.items()])
-        self._run(self.new_host, lines, "bootstrap")
+        self._run(root, bootstrap.bootstrap_script(
+            self.request.name, self.new_host.user, paths.deploy_to, dirs,
+            {paths.shared_path(name): content for name, content in shared.items()}), "bootstrap")
+        if self.new_host.user != "root":
+            self.wait_ssh(self.new_host)  # the deploy user logs in too
         return f"layout under {paths.deploy_to}; shared files: {', '.join(shared) or 'none'}"
 
     def _shared_files(self) -> dict[str, str]:
@@ -383,9 +398,11 @@ class AddServer:
 
     # ---- 8. the live release ------------------------------------------------------------
     def lock(self) -> dict[str, rel.HostProbe]:
-        probes = self.flow.acquire_locks_safely(self.flow.lock_owner("add-server", ""), self.lock_wait)
+        refuse = getattr(self.flow, "refuse_if_unfinished", None)
+        if refuse is not None:
+            refuse()  # an interrupted rolling release may have peers drained: recover it first
         self.flow.connect_all()
-        return probes
+        return self.flow.acquire_locks_safely(self.flow.lock_owner("add-server", ""), self.lock_wait)
 
     def live_release(self, probes: dict[str, rel.HostProbe]) -> tuple[Optional[str], Optional[str]]:
         currents = {p.current.rsplit("/", 1)[-1] for n, p in probes.items() if n != self.new_host.name and p.current}
@@ -483,7 +500,7 @@ class AddServer:
     # ---- dry run ------------------------------------------------------------------------
     def dry_run(self) -> FlowResult:
         self.validate()
-        files = self.boot_files(token="DRY-RUN-TOKEN-" + "x" * 10)
+        files = self.boot_files(token=PLACEHOLDER_TOKEN)
         for f in files.all:
             self.bus.emit("script", host=self.boot_server.name, phase="boot_files", script=f"# {f.path}\n{f.content}")
         efi = " options=efiboot" if self.profile.firmware == "uefi" else ""

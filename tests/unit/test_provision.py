@@ -407,3 +407,24 @@ def test_lvs_membership_argv():
     assert lvs.delete_real_argv("TCP 10.77.1.10:80", "10.77.2.200:8080") == [
         "ipvsadm", "-d", "-t", "10.77.1.10:80", "-r", "10.77.2.200:8080"]
     assert plan.pick_weight([1, 1, 5]) == 1 and plan.pick_weight([0, 0]) == 1 and plan.pick_weight([3, 5]) == 5
+
+
+# ---- bootstrap script, run for real by sh in a temporary deploy_to -------------------------
+def test_bootstrap_script_makes_the_layout_and_shared_files(tmp_path):
+    import socket
+
+    from dsasdeploy.commands.bootstrap import bootstrap_script
+
+    me = socket.gethostname().split(".")[0]
+    deploy_to = tmp_path / "srv" / "app"
+    lines = bootstrap_script(me, "root", str(deploy_to), [str(deploy_to / "releases"), str(deploy_to / "shared" / "log")],
+                             {str(deploy_to / "shared" / "memcached.addr"): "10.0.0.5:11211\n"})
+    markers = run_sh(lines)
+    assert any(m.key == "hostname" for m in markers)
+    assert (deploy_to / "releases").is_dir() and (deploy_to / "shared" / "log").is_dir()
+    assert (deploy_to / "shared" / "memcached.addr").read_text() == "10.0.0.5:11211\n"
+    wrong = subprocess.run(["sh", "-c", script(bootstrap_script("not-" + me, "root", str(deploy_to), [], {}))],
+                           capture_output=True, text=True)
+    assert wrong.returncode == 3 and f"expected not-{me}" in wrong.stderr
+    deploy_user = "\n".join(bootstrap_script(me, "deploy", "/srv/app", [], {}))
+    assert "useradd -m -s /bin/sh deploy" in deploy_user and "chown -R deploy /srv/app" in deploy_user

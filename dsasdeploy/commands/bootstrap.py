@@ -1,0 +1,38 @@
+"""The first script a freshly installed host runs (add-server's bootstrap step). Pure builder."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from .base import mark, q
+from .pxe import install_files_script
+
+
+def bootstrap_script(hostname: str, deploy_user: str, deploy_to: str, dirs: Sequence[str],
+                     shared_files: Mapping[str, str]) -> list[str]:
+    """Check it is the machine we installed and healthy, then the release layout, the deploy
+    user (when it is not root: created, given root's authorized key, owner of deploy_to) and
+    the shared files (path -> content). Runs as root."""
+    lines = [
+        f"[ \"$(hostname -s 2>/dev/null || hostname)\" = {q(hostname)} ] || "
+        f"{{ echo \"dsas: this host says it is $(hostname), expected {hostname}\" >&2; exit 3; }}",
+        mark("hostname", "$(hostname)"),
+        "if [ -r /proc/mdstat ] && grep -q '\\[U*_[U_]*\\]' /proc/mdstat; then "
+        "echo 'dsas: a RAID array is degraded (see /proc/mdstat); not putting this host into service' >&2; exit 3; fi",
+    ]
+    if deploy_user != "root":
+        u = q(deploy_user)
+        lines += [
+            f"id -u {u} >/dev/null 2>&1 || useradd -m -s /bin/sh {u} 2>/dev/null || adduser -D -s /bin/sh {u}",
+            f"h=$(awk -F: -v u={u} '$1 == u {{ print $6 }}' /etc/passwd)",
+            "[ -n \"$h\" ] || { echo \"dsas: no home directory for the deploy user\" >&2; exit 3; }",
+            "mkdir -p \"$h/.ssh\" && chmod 700 \"$h/.ssh\"",
+            "cp /root/.ssh/authorized_keys \"$h/.ssh/authorized_keys\" && chmod 600 \"$h/.ssh/authorized_keys\"",
+            f"chown -R {u} \"$h/.ssh\"",
+            mark("deploy_user", deploy_user),
+        ]
+    lines.append(f"mkdir -p {' '.join(q(d) for d in dirs)}")
+    lines += install_files_script([(path, content, "0644") for path, content in shared_files.items()])
+    if deploy_user != "root":
+        lines.append(f"chown -R {q(deploy_user)} {q(deploy_to)}")
+    return lines
