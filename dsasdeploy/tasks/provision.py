@@ -20,7 +20,8 @@ _HELP = {
     "bmc": "Its BMC: address[:port] for ipmitool -I lanplus (password: $IPMI_PASSWORD or provision.bmc.password_file).",
     "profile": "Install profile from provision.profiles (default: provision.default_profile).",
     "resume": "Go on from the step where an earlier add-server of this --name stopped.",
-    "reinstall": "Allow wiping a machine that already answers SSH at --ip.",
+    "reinstall": "Allow wiping a machine that already answers SSH at --ip (asks first; --yes in CI).",
+    "yes": COMMON_HELP["yes"],
     "install-timeout": "Seconds to wait for the installer's callback (default: provision.install_timeout).",
     "dry-run": "Run the read-only checks (boot server, BMC, address), print the rendered files; change nothing.",
     "json": COMMON_HELP["json"], "report": COMMON_HELP["report"], "lock-wait": COMMON_HELP["lock-wait"],
@@ -30,8 +31,8 @@ _HELP = {
 
 @task(positional=["stage"], auto_shortflags=False, help=_HELP)
 def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, profile=None, resume=False,
-               reinstall=False, install_timeout=None, dry_run=False, json=False, report=None, lock_wait=0,
-               accept_new_host_keys=False):
+               reinstall=False, install_timeout=None, dry_run=False, yes=False, json=False, report=None,
+               lock_wait=0, accept_new_host_keys=False):
     """Install a new machine by PXE through its BMC and put it into service on STAGE.
 
     Renders its boot file and installer answer file from recipes/templates/, reserves its
@@ -42,7 +43,8 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
     Example: dsas add-server production --name web04 --mac 52:54:00:12:34:56 --ip 10.0.2.14
              --role web --bmc 10.0.9.14
     """
-    options = Options(json=json, report=report, lock_wait=int(lock_wait), accept_new_host_keys=accept_new_host_keys)
+    options = Options(yes=yes, json=json, report=report, lock_wait=int(lock_wait),
+                      accept_new_host_keys=accept_new_host_keys)
 
     def pick(stage_obj):
         return tuple(stage_obj.hosts_with_role("pxe"))[:1] or stage_obj.hosts[:1]
@@ -75,6 +77,10 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
                                                asked["profile"], asked["bmc"])
         if problems:
             raise UsageError("; ".join(problems))
+        if reinstall and not dry_run and not journal.done("install") and not confirm(
+                f"--reinstall: WIPE whatever machine answers at {request.ip} (BMC {request.bmc_host}) and install "
+                f"{request.name} on it"):
+            raise UsageError("add-server cancelled; nothing was changed")
         prov = stage_obj.settings.provision
         machine = Bmc(request.bmc_host, request.bmc_port, prov.bmc, bmc_password(prov.bmc, stage_obj.project_dir))
         flow.bus.emit("run_started", command="add-server", hosts=[request.name], dry_run=dry_run)

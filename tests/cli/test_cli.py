@@ -104,3 +104,11 @@ def test_add_server_needs_a_bmc_password_and_never_takes_it_as_an_argument(tmp_p
                   "--role", "web", "--bmc", "127.0.0.1:9623", cwd=project, env={"IPMI_PASSWORD": ""})
     assert result.returncode == 2 and "provision.bmc.password_file /nonexistent/pw" in result.stderr, result.stderr
     assert "--password" not in dsas("add-server", "--help").stdout  # no option that would put it in argv
+
+
+def test_add_server_reinstall_needs_yes_without_a_terminal(tmp_path):
+    project = add_server_project(tmp_path)
+    result = dsas("add-server", "lab", "--name", "web9", "--mac", "52:54:00:77:02:09", "--ip", "10.77.2.209",
+                  "--role", "web", "--bmc", "127.0.0.1:9623", "--reinstall", cwd=project)
+    assert result.returncode == 2, result.stderr
+    assert "WIPE whatever machine answers at 10.77.2.209" in result.stderr and "pass --yes" in result.stderr
