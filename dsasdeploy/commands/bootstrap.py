@@ -9,10 +9,10 @@ from .pxe import install_files_script
 
 
 def bootstrap_script(hostname: str, deploy_user: str, deploy_to: str, dirs: Sequence[str],
-                     shared_files: Mapping[str, str]) -> list[str]:
+                     shared_files: Mapping[str, tuple[str, str]]) -> list[str]:
     """Check it is the machine we installed and healthy, then the release layout, the deploy
     user (when it is not root: created, given root's authorized key, owner of deploy_to) and
-    the shared files (path -> content). Runs as root."""
+    the shared files (path -> (content, mode)). Runs as root."""
     lines = [
         f"[ \"$(hostname -s 2>/dev/null || hostname)\" = {q(hostname)} ] || "
         f"{{ echo \"dsas: this host says it is $(hostname), expected {hostname}\" >&2; exit 3; }}",
@@ -32,7 +32,7 @@ def bootstrap_script(hostname: str, deploy_user: str, deploy_to: str, dirs: Sequ
             mark("deploy_user", deploy_user),
         ]
     lines.append(f"mkdir -p {' '.join(q(d) for d in dirs)}")
-    lines += install_files_script([(path, content, "0644") for path, content in shared_files.items()])
+    lines += install_files_script([(path, content, mode) for path, (content, mode) in shared_files.items()])
     if deploy_user != "root":
         lines.append(f"chown -R {q(deploy_user)} {q(deploy_to)}")
     return lines

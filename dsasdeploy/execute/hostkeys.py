@@ -104,15 +104,15 @@ def pin_host_key(policy: PinnedHostKeys, name: str, key_line: str) -> Optional[s
         if old is not None:
             different = [fingerprint(k) for k in old.values() if k != key]
             replaced = ", ".join(different) or None
-            for hostname in list(policy.keys.keys()):
-                if hostname == name:
-                    del policy.keys[hostname]
+            # paramiko keeps entries in a list; hashed (|1|...) names only match through hash_host
+            policy.keys._entries = [e for e in policy.keys._entries  # noqa: SLF001
+                                    if not any(_names_match(h, name) for h in e.hostnames)]
         policy.keys.add(name, key.get_name(), key)
         if not policy.persist:
             return replaced
         lines = policy.path.read_text().splitlines(keepends=True) if policy.path.is_file() else []
-        kept = [line for line in lines if name not in line.split(None, 1)[0].split(",")] if lines else []
-        kept = [line if line.endswith("\n") else line + "\n" for line in kept]
+        kept = [line if line.endswith("\n") else line + "\n" for line in lines
+                if not (line.split() and any(_names_match(h, name) for h in line.split()[0].split(",")))]
         kept.append(f"{name} {key.get_name()} {key.get_base64()}\n")
         policy.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = policy.path.with_name(policy.path.name + ".dsas-tmp")
@@ -121,3 +121,11 @@ def pin_host_key(policy: PinnedHostKeys, name: str, key_line: str) -> Optional[s
             os.chmod(tmp, policy.path.stat().st_mode & 0o777)
         os.replace(tmp, policy.path)
     return replaced
+
+
+def _names_match(entry_name: str, name: str) -> bool:
+    """A known_hosts host field (plain or |1|salt|hash) names `name`."""
+    if entry_name.startswith("|1|"):
+        salt = entry_name.split("|")[2]
+        return paramiko.HostKeys.hash_host(name, salt) == entry_name
+    return entry_name == name

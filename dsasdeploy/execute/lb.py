@@ -313,18 +313,38 @@ class LvsDriver:
         self.restore(records, steps)
 
     def leave(self, host: Host) -> list[str]:
-        """Remove `host` from every virtual service on every director; verified. Returns where it was."""
+        """Remove `host` from every virtual service on every director, each director on its own
+        (one unreachable director does not keep the others from being cleaned); verified.
+        Returns where it was; raises naming the directors where it may still be."""
         rs = self.rs(host)
-        tables = self.read_all()
-        changes = {d: [lvs.delete_real_argv(s.key, rs) for s in services.values() if rs in s.reals]
-                   for d, services in tables.items()}
-        where = [f"{d} {argv[2]} {argv[3]}" for d, lines in changes.items() for argv in lines]
-        after = self._membership(changes)
-        left = [f"{d} {s.key}" for d, services in after.items() for s in services.values() if rs in s.reals]
-        if left:
-            raise RemoteError(f"{rs} is still a real server in {', '.join(left)} after ipvsadm -d")
+
+        def one(director: Host) -> list[str]:
+            read = self.flow.backend.run(director, lvs.read_script())
+            if not read.ok:
+                raise RemoteError(f"cannot read the IPVS table: {read.stderr_tail()}")
+            keys = [s.key for s in lvs.parse_read(read.stdout)[0].values() if rs in s.reals]
+            if not keys:
+                return []
+            done = self.flow.backend.run(director, lvs.membership_script(
+                [lvs.delete_real_argv(key, rs) for key in keys]))
+            if not done.ok:
+                raise RemoteError(f"ipvsadm -d failed: {done.stderr_tail()}")
+            still = [s.key for s in lvs.parse_read(done.stdout)[0].values() if rs in s.reals]
+            if still:
+                raise RemoteError(f"{rs} is still a real server in {', '.join(still)} after ipvsadm -d")
+            return keys
+
+        where, problems = [], []
+        for outcome in run_parallel(self.directors, one, self.flow.limit):
+            if outcome.ok:
+                where += [f"{outcome.host.name} {key}" for key in outcome.value]
+            else:
+                problems.append(f"{outcome.host.name}: {outcome.error}")
         if where:
-            self.flow.bus.emit("lb", host=host.name, status="left", directors=sorted(changes))
+            self.flow.bus.emit("lb", host=host.name, status="left",
+                               directors=sorted({w.split(" ", 1)[0] for w in where}))
+        if problems:
+            raise RemoteError(f"{rs} may still be in the pool: " + "; ".join(problems))
         return where
 
 

@@ -39,7 +39,7 @@ from ..commands.base import mark, q
 from ..commands import release as rel
 from ..config.load import load_stage
 from ..config.stagefile import replace_atomically, with_host
-from ..errors import DsasError, RemoteError, UsageError
+from ..errors import DsasError, HostKeyError, RemoteError, UsageError
 from ..inventory import Host, Stage
 from ..plan import provision as plan
 from ..report.events import EventBus
@@ -66,7 +66,10 @@ class ProvisionJournal:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data: dict = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            self.data: dict = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{path}: unreadable add-server journal ({exc}); look at it, then remove it") from None
 
     @property
     def exists(self) -> bool:
@@ -172,9 +175,13 @@ class AddServer:
             "install": self.wait_install, "pxe_cleanup": self.pxe_cleanup, "bootstrap": self.bootstrap,
             "deploy": self.deploy, "join_pool": self.join_pool, "stage_file": self.write_stage_file}
         failed_step = "validate"
+        if self.journal.done("install") and self.journal.data.get("hostkey"):
+            # pinned in an earlier run; with $DSAS_KNOWN_HOSTS the pin lived in memory only
+            pin_host_key(self.backend.factory.policy, self.new_host.known_hosts_name, self.journal.data["hostkey"])
         try:
             for name in plan.STEPS:
-                if name != "validate" and self.journal.done(name):
+                rerun = name == "boot_files" and not self.journal.done("install")  # idempotent; picks up fixes
+                if name != "validate" and self.journal.done(name) and not rerun:
                     self.bus.emit("provision_step", host=self.request.name, phase=name, status="skipped",
                                   message="done in an earlier run")
                     continue
@@ -184,8 +191,14 @@ class AddServer:
                     self.journal.save(request=self.request.as_dict())
         except BaseException:
             with signals_deferred():
+                if failed_step in ("join_pool", "stage_file") or (
+                        self.journal.done("join_pool") and not self.journal.done("stage_file")):
+                    # never in the pool without being in the stage file (a deploy would miss it)
+                    if self._leave_pool():
+                        self.journal.unmark("join_pool")
                 self.flow.release_locks()
-                if failed_step == "validate" and not self.journal.data.get("done"):
+                if failed_step == "validate" and not self.journal.data.get("done") \
+                        and not self.journal.data.get("token"):
                     self.journal.discard()  # nothing was done: a plain rerun is fine
             raise
         with signals_deferred():
@@ -205,7 +218,10 @@ class AddServer:
             seconds = round(self.clock() - started, 2)
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else _one_line(exc)
             with signals_deferred():
-                self.journal.save(failed={"step": name, "message": reason})
+                try:
+                    self.journal.save(failed={"step": name, "message": reason})
+                except OSError as save_error:
+                    self.bus.emit("warning", message=f"could not write {self.journal.path}: {save_error}")
                 self.bus.emit("provision_step", host=self.request.name, phase=name, status="failed",
                               seconds=seconds, message=reason)
             hint = (f"; fix it and run `dsas add-server {self.stage.name} --name {self.request.name} --resume`"
@@ -226,26 +242,30 @@ class AddServer:
 
     # ---- 1. validate --------------------------------------------------------------------
     def validate(self) -> str:
-        if self.stage.settings.lb is not None and self.stage.settings.lb.driver == "haproxy":
+        lb = self.stage.settings.lb
+        if lb is not None and lb.driver == "haproxy":
             raise UsageError("lb.driver haproxy: add-server cannot add a server to a HAProxy backend at runtime; "
                              "add a (disabled) server line for it to the HAProxy configuration first")
+        if lb is not None and lb.driver == "lvs" and lb.keepalived == "maintenance_file":
+            raise UsageError("lb.keepalived maintenance_file: keepalived owns the pool and would undo a raw "
+                             "ipvsadm -a; add the real server to keepalived.conf (with its health check) instead")
         files = self.boot_files(token=self.journal.data.get("token") or PLACEHOLDER_TOKEN)
         problems = []
         installed = self.journal.done("install")
         state = self.probe_boot_server(files)
         problems += [f"{self.boot_server.name}: missing or not writable: {m}" for m in state.missing]
         problems += pxe.dhcp_conflicts(state.dhcp_entries, self.request.mac, self.request.ip, files.dhcp_host.path)
-        if files.boot_config.path in state.existing and not self.journal.data.get("done"):
+        if files.boot_config.path in state.existing and not self.journal.data.get("token"):
             problems.append(f"{self.boot_server.name}: {files.boot_config.path} already exists: another install "
                             f"of this MAC is under way (or was left behind); remove it or use --resume")
         power = self.bmc.power_status()
-        lb = self.stage.settings.lb
         if lb is not None and lb.driver == "lvs" and not self.journal.done("join_pool"):
             try:  # read-only, now: an install must not end in a pool that cannot take the host
                 self.flow.driver.join_plan(self.new_host, self.peers)
             except DsasError as exc:
                 problems.append(f"load balancer: {exc}")
-        if not installed and self._ssh_answers() and not self.reinstall:
+        powered = installed or self.journal.done("power_on")  # then what answers may be our installer
+        if not powered and self._ssh_answers() and not self.reinstall:
             problems.append(f"{self.request.ip}:{self.new_host.port} already answers SSH: that address is in use "
                             f"(pass --reinstall to wipe the machine that answers there)")
         if problems:
@@ -298,9 +318,13 @@ class AddServer:
         deadline = self.journal.data.get("powered_at", time.time()) + self.install_timeout
         path = self.callback_path()
         last_note = time.time()
+        text = None
         while True:
-            result = self._run(self.boot_server, pxe.read_callback_script(path), "reading the install callback")
-            text = pxe.parse_callback_marker(result.markers)
+            try:
+                result = self._run(self.boot_server, pxe.read_callback_script(path), "reading the install callback")
+                text = pxe.parse_callback_marker(result.markers)
+            except DsasError as exc:  # a boot-server hiccup is not the end of a 30-minute install
+                self.bus.emit("warning", host=self.request.name, message=f"{_one_line(exc)}; retrying")
             if text is not None:
                 break
             if time.time() > deadline:
@@ -317,6 +341,11 @@ class AddServer:
                 self.bus.emit("provision_step", host=self.request.name, phase="install", status="waiting",
                               message=f"{int(deadline - time.time())}s left")
             time.sleep(POLL_SECONDS)
+        # the install is over either way: the machine must not reinstall itself on its next boot
+        boot_file = self.boot_files().boot_config.path
+        removed = self._run(self.boot_server, pxe.remove_files_script([boot_file]), "removing the boot file")
+        if pxe.gone(removed.markers, [boot_file]):
+            raise RemoteError(f"{self.boot_server.name}: could not remove {boot_file}")
         try:
             callback = plan.parse_callback(text)
         except ValueError as exc:
@@ -356,8 +385,10 @@ class AddServer:
             try:
                 self.backend.connect(host)
                 return
-            except DsasError as exc:
-                if "HOST KEY" in str(exc) or time.time() > deadline:
+            except HostKeyError:
+                raise  # the key was pinned from the callback: anything else is not our machine
+            except DsasError:
+                if time.time() > deadline:
                     raise
             time.sleep(1.0)
 
@@ -371,12 +402,13 @@ class AddServer:
         dirs = [paths.releases, paths.shared] + [paths.shared_path(d) for d in self.stage.settings.linked_dirs]
         self._run(root, bootstrap.bootstrap_script(
             self.request.name, self.new_host.user, paths.deploy_to, dirs,
-            {paths.shared_path(name): content for name, content in shared.items()}), "bootstrap")
+            {paths.shared_path(name): item for name, item in shared.items()}), "bootstrap")
         if self.new_host.user != "root":
             self.wait_ssh(self.new_host)  # the deploy user logs in too
         return f"layout under {paths.deploy_to}; shared files: {', '.join(shared) or 'none'}"
 
-    def _shared_files(self) -> dict[str, str]:
+    def _shared_files(self) -> dict[str, tuple[str, str]]:
+        """name -> (content, mode) of each shared file, read from the first peer."""
         names = list(dict.fromkeys(self.stage.settings.linked_files + self.provision.shared_files))
         if not names:
             return {}
@@ -384,13 +416,15 @@ class AddServer:
             raise RemoteError(f"no peer with role {'/'.join(self.request.roles)} to copy shared files from")
         peer = self.peers[0]
         lines = [f"[ -f {q(peer.paths.shared_path(n))} ] && " + mark(
-            "file", f"{n} $(base64 < {q(peer.paths.shared_path(n))} | tr -d '\\n')") for n in names]
+            "file", f"{n} $(stat -c %a {q(peer.paths.shared_path(n))}) "
+                    f"$(base64 < {q(peer.paths.shared_path(n))} | tr -d '\\n')") for n in names]
         result = self.backend.run(peer, lines, strict=False)
         found = {}
         for m in result.markers:
             if m.key == "file":
-                name, _, data = m.value.partition(" ")
-                found[name] = base64.b64decode(data).decode()
+                name, mode, data = (m.value.split(" ", 2) + ["", ""])[:3]
+                mode = mode if mode.isdigit() and len(mode) in (3, 4) else "640"
+                found[name] = (base64.b64decode(data).decode(), mode)
         missing = [n for n in names if n not in found]
         if missing:
             raise RemoteError(f"{peer.name}: shared file(s) {', '.join(missing)} missing; cannot copy them")
@@ -419,26 +453,26 @@ class AddServer:
         return release, revision
 
     def deploy(self) -> str:
-        probes = self.lock()
+        return self._deploy(self.lock())
+
+    def _deploy(self, probes: dict[str, rel.HostProbe]) -> str:
         release, revision = self.live_release(probes)
         if release is None:
             self.bus.emit("warning", host=self.request.name, message="the peers have no release yet: nothing to deploy")
             return "no live release"
         settings = self.stage.settings
-        repo = open_repository(settings.repo, self.stage.project_dir)
-        archive = build_archive(repo, resolve(repo, revision), settings.application)
         new = self.new_host
         ctx = rel.ReleaseContext(self.stage.name, release, revision, None)
-        current = probes[new.name].current
-        if current and current.rsplit("/", 1)[-1] == release:
-            self.flow.bus.emit("host_output", host=new.name, message=f"release {release} is current already")
-        else:
+        if release not in probes[new.name].releases:
+            repo = open_repository(settings.repo, self.stage.project_dir)
+            archive = build_archive(repo, resolve(repo, revision), settings.application)
             results = self.flow.phase("prepare", [new], lambda h: rel.prepare_script(
                 h.paths, ctx, settings.linked_files, settings.linked_dirs, before=[], after=[]), stdin=archive)
             self.flow._raise_on_failure("prepare", results)  # noqa: SLF001
-            results = self.flow.phase("publish", [new], lambda h: rel.publish_script(
-                h.paths, ctx, self.stage.restart_commands(h), before=[], after=[]))
-            self.flow._raise_on_failure("publish", results)  # noqa: SLF001
+        # always: a resumed run must not trust a restart that failed last time
+        results = self.flow.phase("publish", [new], lambda h: rel.publish_script(
+            h.paths, ctx, self.stage.restart_commands(h), before=[], after=[]))
+        self.flow._raise_on_failure("publish", results)  # noqa: SLF001
         gates = getattr(self.flow, "gates", None)
         if gates is not None:
             gates([new], lambda h: release, warm=True)
@@ -454,8 +488,14 @@ class AddServer:
         lb = self.stage.settings.lb
         if lb is None or lb.driver == "none":
             return "no load balancer configured"
-        if not self.flow.locked:
-            self.lock()
+        if not self.flow.locked:  # a resumed run: the lock was let go since `deploy`
+            probes = self.lock()
+            release, _ = self.live_release(probes)
+            current = (probes[self.new_host.name].current or "").rsplit("/", 1)[-1]
+            if release and current != release:
+                self.bus.emit("warning", host=self.request.name, message=f"the peers now serve {release}, "
+                              f"{self.request.name} has {current or 'nothing'}: deploying it first")
+                self._deploy(probes)
         driver = self.flow.driver
         records = driver.join_plan(self.new_host, self.peers)
         steps = lb.restore_steps if len(lb.restore_steps) > 1 else [25, 50, 100]
@@ -468,12 +508,18 @@ class AddServer:
         self.journal.save(pool=[{k: r[k] for k in ("director", "service", "weight")} for r in records])
         return ", ".join(f"{r['director']} {r['service']} weight {r['weight']}" for r in records)
 
-    def _leave_pool(self) -> None:
+    def _leave_pool(self) -> bool:
+        """Out of every director's pool; False (and a warning saying so) if that is not proven."""
+        driver = getattr(self.flow, "driver", None)
+        if driver is None or not hasattr(driver, "leave"):
+            return True
         try:
-            self.flow.driver.leave(self.new_host)
+            driver.leave(self.new_host)
+            return True
         except DsasError as exc:
             self.bus.emit("warning", host=self.request.name,
                           message=f"could not take {self.request.ip} out of the pool: {exc}; remove it by hand")
+            return False
 
     # ---- 10. stage file -----------------------------------------------------------------
     def write_stage_file(self) -> str:
@@ -490,10 +536,12 @@ class AddServer:
             load_stage(self.stage.name, self.stage.project_dir)
         except BaseException:
             with signals_deferred():
-                replace_atomically(path, original)
-                if self.journal.done("join_pool"):
-                    self._leave_pool()
+                if self.journal.done("join_pool") and self._leave_pool():  # first: out of the pool
                     self.journal.unmark("join_pool")
+                try:
+                    replace_atomically(path, original)
+                except OSError as exc:
+                    self.bus.emit("warning", message=f"could not restore {path}: {exc}")
             raise
         return f"stages/{self.stage.name}.yaml gained {self.request.name}"
 

@@ -31,7 +31,7 @@ _HELP = {
 
 @task(positional=["stage"], auto_shortflags=False, help=_HELP)
 def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, profile=None, resume=False,
-               reinstall=False, install_timeout=None, dry_run=False, yes=False, json=False, report=None,
+               reinstall=False, install_timeout=0, dry_run=False, yes=False, json=False, report=None,
                lock_wait=0, accept_new_host_keys=False):
     """Install a new machine by PXE through its BMC and put it into service on STAGE.
 
@@ -66,7 +66,14 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
             saved = {"mac": before["mac"], "ip": before["ip"], "roles": before["roles"], "profile": before["profile"],
                      "bmc": f"{before['bmc_host']}:{before['bmc_port']}"}
             for key, value in asked.items():
-                if value is not None and key != "bmc" and (plan.normalize_mac(value) if key == "mac" else value) != saved[key]:
+                if value is None:
+                    continue
+                try:
+                    given = {"mac": plan.normalize_mac, "bmc": lambda v: "%s:%d" % plan.parse_bmc(v, before["bmc_port"])
+                             }.get(key, lambda v: v)(value)
+                except ValueError as exc:
+                    raise UsageError(f"--{key.rstrip('s')}: {exc}") from None
+                if given != saved[key]:
                     raise UsageError(f"--resume: --{key.rstrip('s')} {value} differs from the unfinished run's "
                                      f"{saved[key]}")
             asked = saved
@@ -86,7 +93,7 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
         flow.bus.emit("run_started", command="add-server", hosts=[request.name], dry_run=dry_run)
         runner = AddServer(stage_obj, request, flow.backend, flow.bus, machine, journal, reinstall=reinstall,
                            lock_wait=float(lock_wait),
-                           install_timeout=float(install_timeout) if install_timeout else None)
+                           install_timeout=float(install_timeout) or None)
         return runner.run(dry_run=dry_run)
 
     run_remote("add-server", stage, options, body, pick_hosts=pick)

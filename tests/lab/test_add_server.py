@@ -2,8 +2,9 @@
 lab's BMC simulator, up to serving requests through the LVS VIP.
 
 The first run fails on purpose in `bootstrap` (a peer's shared file is missing): the host
-must be out of the pool, the stage file unchanged and the one-shot PXE file already gone;
-`--resume` then finishes from that step. Named to sort before test_lab.py (it takes the lab
+must be out of the pool, the stage file unchanged and the one-shot PXE file already gone.
+The first `--resume` fails on purpose in `stage_file`, after the host joined the pool: it
+must leave the pool again. The second `--resume` finishes. Named to sort before test_lab.py (it takes the lab
 down at the end).
 """
 
@@ -163,19 +164,38 @@ def test_add_server_pxe_boot_to_serving_through_the_vip(lab, project, tmp_path):
         again = run(env, *args)
         assert again.returncode == 2 and "unfinished" in again.stderr and "--resume" in again.stderr
 
-        # run 2: fixed, resume from the journal (only the name is needed)
+        # run 2: fixed; resume from the journal (only the name is needed). It gets as far as the
+        # pool, then the stage file cannot be written (a directory sits on its temp name): the
+        # host must leave the pool again, the stage file stay as it was
         moved.rename(shared)
-        started = time.monotonic()
+        obstacle = project / "stages" / ".lab.yaml.dsas-tmp"
+        obstacle.mkdir()
         second = run(env, "add-server", "lab", "--name", NAME, "--resume", "--json")
-        second_seconds = time.monotonic() - started
-        assert second.returncode == 0, second.stdout[-3000:] + second.stderr
+        assert second.returncode == 1, second.stdout[-3000:] + second.stderr
+        assert "step 'stage_file' failed" in second.stderr, second.stderr
         evs = events(second.stdout)
         steps = {(e["phase"], e["status"]) for e in evs if e["type"] == "provision_step"}
         for step in ("boot_files", "power_on", "install", "pxe_cleanup"):
             assert (step, "skipped") in steps
-        for step in ("validate", "bootstrap", "deploy", "join_pool", "stage_file"):
+        for step in ("validate", "bootstrap", "deploy", "join_pool"):
             assert (step, "ok") in steps
         assert [e for e in evs if e["type"] == "gate" and e["host"] == NAME and e["status"] == "ok"]
+        assert [e for e in evs if e["type"] == "lb" and e["status"] == "joined"]
+        assert [e for e in evs if e["type"] == "lb" and e["status"] == "left"]
+        assert f"{IP}:8080" not in ipvs(lab)
+        assert (project / "stages" / "lab.yaml").read_text() == stage_before
+
+        # run 3: the obstacle gone, resume joins the pool again and writes the stage file
+        obstacle.rmdir()
+        started = time.monotonic()
+        third = run(env, "add-server", "lab", "--name", NAME, "--resume", "--json")
+        second_seconds = time.monotonic() - started
+        assert third.returncode == 0, third.stdout[-3000:] + third.stderr
+        steps = {(e["phase"], e["status"]) for e in events(third.stdout) if e["type"] == "provision_step"}
+        for step in ("bootstrap", "deploy"):
+            assert (step, "skipped") in steps
+        for step in ("validate", "join_pool", "stage_file"):
+            assert (step, "ok") in steps
         # the same release as its peers, and it serves it
         status, headers, _ = lab.http_get(IP, 8080, "/", timeout=5)
         assert status == 200 and headers.get("x-release") == live, headers
@@ -197,7 +217,7 @@ def test_add_server_pxe_boot_to_serving_through_the_vip(lab, project, tmp_path):
         config = run(env, "config", "lab", "--json")
         assert NAME in [h["name"] for h in json.loads(config.stdout)["hosts"]]
         print(f"\n[add-server] run 1 (to the failing bootstrap, incl. PXE boot) {first_seconds:.1f} s, "
-              f"resume (bootstrap, deploy, gates, LVS join, stage file) {second_seconds:.1f} s")
+              f"last resume (LVS join, stage file) {second_seconds:.1f} s")
     finally:
         if moved.exists():
             moved.rename(shared)

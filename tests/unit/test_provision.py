@@ -418,13 +418,37 @@ def test_bootstrap_script_makes_the_layout_and_shared_files(tmp_path):
     me = socket.gethostname().split(".")[0]
     deploy_to = tmp_path / "srv" / "app"
     lines = bootstrap_script(me, "root", str(deploy_to), [str(deploy_to / "releases"), str(deploy_to / "shared" / "log")],
-                             {str(deploy_to / "shared" / "memcached.addr"): "10.0.0.5:11211\n"})
+                             {str(deploy_to / "shared" / "memcached.addr"): ("10.0.0.5:11211\n", "640")})
     markers = run_sh(lines)
     assert any(m.key == "hostname" for m in markers)
     assert (deploy_to / "releases").is_dir() and (deploy_to / "shared" / "log").is_dir()
     assert (deploy_to / "shared" / "memcached.addr").read_text() == "10.0.0.5:11211\n"
+    assert oct((deploy_to / "shared" / "memcached.addr").stat().st_mode & 0o777) == "0o640"  # the peer's mode
     wrong = subprocess.run(["sh", "-c", script(bootstrap_script("not-" + me, "root", str(deploy_to), [], {}))],
                            capture_output=True, text=True)
     assert wrong.returncode == 3 and f"expected not-{me}" in wrong.stderr
     deploy_user = "\n".join(bootstrap_script(me, "deploy", "/srv/app", [], {}))
     assert "useradd -m -s /bin/sh deploy" in deploy_user and "chown -R deploy /srv/app" in deploy_user
+
+
+def test_pin_host_key_replaces_plain_and_hashed_entries_keeps_the_rest(tmp_path):
+    import paramiko
+
+    from dsasdeploy.execute.hostkeys import PinnedHostKeys, pin_host_key
+
+    keys = []
+    for i in range(3):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / f"k{i}")], check=True)
+        keys.append((tmp_path / f"k{i}.pub").read_text().split()[:2])
+    old, new, other = keys
+    line = lambda host, k: f"{host} {k[0]} {k[1]}\n"  # noqa: E731
+    hashed = paramiko.HostKeys.hash_host("10.0.2.13")
+    known = tmp_path / "known_hosts"
+    known.write_text(line("10.0.2.11", other) + "\n" + line("10.0.2.13", old) + line(hashed, old))
+    policy = PinnedHostKeys(known)
+    replaced = pin_host_key(policy, "10.0.2.13", f"{new[0]} {new[1]}")
+    assert replaced and replaced.startswith("SHA256:")
+    text = known.read_text()
+    assert old[1] not in text and text.count(new[1]) == 1 and other[1] in text
+    assert policy.known("10.0.2.13")["ssh-ed25519"].get_base64() == new[1]
+    assert PinnedHostKeys(known).known("10.0.2.13")["ssh-ed25519"].get_base64() == new[1]
