@@ -444,6 +444,10 @@ class HaproxyDriver:
                                        [h.name for h in batch], cap)
             if refusal:
                 problems.append(refusal)
+            for name, status in haproxy.taken_out(rows, [h.name for h in batch]).items():
+                problems.append(f"{name} is {status} on {balancer}: taken out by hand or by an interrupted run? "
+                                f"Set it ready (or run `dsas recover {self.flow.stage.name}`) first; dsas will not "
+                                f"put a server into service that it did not take out")
         if problems:
             raise RemoteError("capacity guard: " + "; ".join(problems))
         return [{"host": h.name, "director": b.name, "service": self.settings.haproxy_backend}

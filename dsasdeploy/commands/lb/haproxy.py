@@ -45,6 +45,13 @@ def sessions(row: dict[str, str]) -> int:
     return int(row.get("scur") or 0) + int(row.get("qcur") or 0)
 
 
+def taken_out(rows: dict[str, dict[str, str]], names: list[str]) -> dict[str, str]:
+    """Servers among `names` an operator (or an interrupted run) put in MAINT or DRAIN:
+    name -> status. dsas must not drain these, or its restore (`ready`) would bring them back."""
+    return {name: rows[name].get("status", "") for name in names
+            if name in rows and rows[name].get("status", "").startswith(("MAINT", "DRAIN"))}
+
+
 def in_service(row: dict[str, str]) -> bool:
     """UP (or "no check": a server without health checks is in service unless drained)."""
     status = row.get("status", "")
