@@ -115,14 +115,9 @@ def test_haproxy_show_stat_by_header_name():
 
 
 def test_haproxy_servers_taken_out_by_hand_are_named_not_drained():
-    text = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,status,weight
-"
-            "web,web1,0,0,0,9,,100,MAINT,1
-web,web2,0,0,0,4,,90,UP,1
-web,web3,0,0,0,4,,90,DOWN 1/2,1
-"
-            "web,web4,0,0,0,4,,90,DRAIN,1
-")
+    text = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,status,weight\n"
+            "web,web1,0,0,0,9,,100,MAINT,1\nweb,web2,0,0,0,4,,90,UP,1\nweb,web3,0,0,0,4,,90,DOWN 1/2,1\n"
+            "web,web4,0,0,0,4,,90,DRAIN,1\n")
     rows = haproxy.server_rows(haproxy.parse_show_stat(text), "web")
     # MAINT/DRAIN are an operator's decision; DOWN is a failing check a deploy may well fix
     assert haproxy.taken_out(rows, ["web1", "web2", "web3", "web4", "web9"]) == {"web1": "MAINT", "web4": "DRAIN"}
