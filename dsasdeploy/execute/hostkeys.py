@@ -89,15 +89,20 @@ class PinnedHostKeys(paramiko.MissingHostKeyPolicy):
                 out.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
+def key_from_line(key_line: str, name: str = "host") -> paramiko.PKey:
+    """"ssh-ed25519 AAAA..." -> the public key; HostKeyError naming `name` if it is not one."""
+    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {key_line}")
+    if entry is None:
+        raise HostKeyError(f"{name}: not an SSH public key: {key_line[:40]!r}")
+    return entry.key
+
+
 def pin_host_key(policy: PinnedHostKeys, name: str, key_line: str) -> Optional[str]:
     """Pin `key_line` ("ssh-ed25519 AAAA...") for `name`, replacing any older key of that name.
 
     Used when dsas itself installed the host and got its key over the install callback.
     Returns the fingerprint of a replaced (different) key, if there was one."""
-    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{name} {key_line}")
-    if entry is None:
-        raise HostKeyError(f"{name}: not an SSH public key: {key_line[:40]!r}")
-    key = entry.key
+    key = key_from_line(key_line, name)
     replaced = None
     with policy._lock:  # noqa: SLF001 - the policy's own lock
         old = policy.keys.lookup(name)

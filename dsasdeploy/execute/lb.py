@@ -284,13 +284,19 @@ class LvsDriver:
 
     def _membership(self, changes: dict[str, list[list[str]]]) -> dict[str, dict[str, lvs.VirtualService]]:
         directors = [d for d in self.directors if changes.get(d.name)]
+
+        def change(director: Host) -> dict[str, lvs.VirtualService]:
+            result = self.flow.backend.run(director, lvs.membership_script(changes[director.name]))
+            if not result.ok:
+                raise RemoteError(f"ipvsadm failed: {result.stderr_tail()}")
+            return lvs.parse_read(result.stdout)[0]  # a ValueError here is reported like any failure
+
         tables, problems = {}, []
-        for outcome in run_parallel(directors, lambda d: self.flow.backend.run(
-                d, lvs.membership_script(changes[d.name])), self.flow.limit):
-            if not outcome.ok or not outcome.value.ok:
-                problems.append(f"{outcome.host.name}: ipvsadm failed: {outcome.error or outcome.value.stderr_tail()}")
+        for outcome in run_parallel(directors, change, self.flow.limit):
+            if not outcome.ok:
+                problems.append(f"{outcome.host.name}: {outcome.error}")
                 continue
-            tables[outcome.host.name] = lvs.parse_read(outcome.value.stdout)[0]
+            tables[outcome.host.name] = outcome.value
         if problems:
             raise RemoteError("; ".join(problems))
         return tables

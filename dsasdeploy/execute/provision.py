@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import jinja2
-import paramiko
 
 from ..commands import bootstrap, pxe
 from ..commands.base import mark, q
@@ -47,7 +46,7 @@ from ..scm import build_archive, open_repository, resolve
 from ..status import ExitStatus
 from .backend import SshBackend
 from .flow import FlowResult, ReleaseFlow, _one_line
-from .hostkeys import fingerprint, pin_host_key
+from .hostkeys import fingerprint, key_from_line, pin_host_key
 from .ipmi import Bmc
 from .pool import signals_deferred
 
@@ -123,7 +122,6 @@ class AddServer:
             deploy_to=stage.settings.deploy_to.rstrip("/") or "/", mac=request.mac)
         self.peers = tuple(h for h in stage.release_hosts() if set(h.roles) & set(request.roles))
         self.flow = self._release_flow()
-        self.step_seconds: dict[str, float] = {}
 
     # ---- helpers ----------------------------------------------------------------------
     def _boot_server(self) -> Host:
@@ -234,7 +232,6 @@ class AddServer:
                 raise
             raise RemoteError(f"add-server {self.request.name}: step '{name}' failed: {reason}{hint}") from exc
         seconds = round(self.clock() - started, 2)
-        self.step_seconds[name] = seconds
         if name != "validate":
             self.journal.mark(name)
         self.bus.emit("provision_step", host=self.request.name, phase=name, status="ok", seconds=seconds,
@@ -358,7 +355,7 @@ class AddServer:
             self.bus.emit("warning", host=self.request.name,
                           message=f"replaced the old pinned key {replaced} of {self.new_host.known_hosts_name}")
         key = callback.hostkey.split()
-        fp = fingerprint(_pkey(key[0], key[1]))
+        fp = fingerprint(key_from_line(callback.hostkey, self.new_host.known_hosts_name))
         self.journal.save(hostkey=callback.hostkey, fingerprint=fp)
         return f"callback from {callback.mac}; pinned host key {key[0]} {fp}"
 
@@ -558,7 +555,3 @@ class AddServer:
         return FlowResult(ExitStatus.OK, f"dry run: {self.request.name} would boot {files.boot_config.path}; "
                           "nothing was changed")
 
-
-def _pkey(kind: str, data: str) -> paramiko.PKey:
-    entry = paramiko.hostkeys.HostKeyEntry.from_line(f"x {kind} {data}")
-    return entry.key

@@ -78,7 +78,7 @@ def describe(event: Event) -> Optional[str]:
         return f"{host}{event.phase} {event.status} ({d.get('seconds', 0):.2f}s){msg}"
     if event.type == "provision_step":
         if event.status == "started":
-            return ""
+            return None  # the outcome line follows
         took = f" ({d['seconds']:.1f}s)" if "seconds" in d else ""
         return f"{host}{event.phase} {event.status}{took}" + (f": {event.message}" if event.message else "")
     if event.type == "host_output":
