@@ -21,11 +21,20 @@ class UsageError(DsasError):
 
 
 class ConfigError(UsageError):
-    """One or more problems in dsas.yaml or a stage file; each problem is one line."""
+    """One or more problems in dsas.yaml or a stage file; each problem is one line.
+
+    The message shows the first MAX_SHOWN problems and says how many more there are.
+    """
+
+    MAX_SHOWN = 20
 
     def __init__(self, problems: list[str] | str):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
-        super().__init__("\n".join(self.problems))
+        shown = self.problems[:self.MAX_SHOWN]
+        hidden = len(self.problems) - len(shown)
+        if hidden:
+            shown.append(f"... and {hidden} more problem(s) not shown; fix these first")
+        super().__init__("\n".join(shown))
 
 
 class LockHeld(DsasError):

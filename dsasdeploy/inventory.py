@@ -47,6 +47,12 @@ class Stage:
     settings: Settings
     hosts: tuple[Host, ...]
     known_stages: tuple[str, ...] = field(default=())
+    sources: dict[str, str] = field(default_factory=dict, compare=False)  # 'ssh.known_hosts' -> 'dsas.yaml:12'
+
+    def blame(self, key: str) -> str:
+        """How an error names a configuration key: 'stages/production.yaml:3: branch'."""
+        where = self.sources.get(key)
+        return f"{where}: {key}" if where else key
 
     def role_gets_release(self, role: str) -> bool:
         spec = self.settings.roles.get(role)

@@ -15,12 +15,16 @@ from pydantic import ValidationError
 from ..errors import ConfigError, UsageError
 from ..inventory import Host, Stage
 from .messages import did_you_mean, error_message
+from .names import check_name
 from .rules import check_rules
 from .schema import StageSpec
 from .source import YamlDocument, format_key_path, load_yaml
 
 PROJECT_FILE = "dsas.yaml"
 STAGES_DIR = "stages"
+# keys whose file:line a later error names (a bad branch, repo or key file found at run time)
+BLAMED_KEYS = (("repo",), ("branch",), ("application",), ("ssh", "identity_file"), ("ssh", "known_hosts"),
+               ("ssh", "ssh_config"))
 MERGED_SECTIONS = ("ssh", "roles", "restart", "hooks", "lb", "rollout", "health", "warm", "provision")  # a stage overrides these key by key
 
 
@@ -78,6 +82,10 @@ def load_stage(stage_name: str, project_dir: Optional[Path] = None) -> Stage:
     """Read, merge and validate; raise ConfigError listing every problem found."""
     project_dir = project_dir or find_project_dir()
     stages = known_stages(project_dir)
+    bad_name = check_name(stage_name)
+    if bad_name:
+        raise ConfigError(f"STAGE: {bad_name}; a stage is the name of a file in {STAGES_DIR}/ "
+                          f"(known stages: {', '.join(stages) or 'none'})")
     stage_path = project_dir / STAGES_DIR / f"{stage_name}.yaml"
     if not stage_path.is_file():
         known = ", ".join(stages) or "none"
@@ -107,10 +115,12 @@ def load_stage(stage_name: str, project_dir: Optional[Path] = None) -> Stage:
         problems.append(f"{origins.where(path)}: {format_key_path(path)}: {message}")
     if problems:
         raise ConfigError(problems)
-    return resolve_stage(stage_name, project_dir, spec, tuple(stages))
+    sources = {format_key_path(path): origins.where(path) for path in BLAMED_KEYS}
+    return resolve_stage(stage_name, project_dir, spec, tuple(stages), sources)
 
 
-def resolve_stage(name: str, project_dir: Path, spec: StageSpec, stages: tuple[str, ...]) -> Stage:
+def resolve_stage(name: str, project_dir: Path, spec: StageSpec, stages: tuple[str, ...],
+                  sources: Optional[dict[str, str]] = None) -> Stage:
     """Apply defaults (ssh user/port, deploy_to) so every Host is complete."""
     default_user = spec.ssh.user or getpass.getuser()
     hosts = []
@@ -123,7 +133,8 @@ def resolve_stage(name: str, project_dir: Path, spec: StageSpec, stages: tuple[s
             mac=h.mac,
         ))
     settings = spec.model_copy(update={"hosts": []})
-    return Stage(name=name, project_dir=project_dir, settings=settings, hosts=tuple(hosts), known_stages=stages)
+    return Stage(name=name, project_dir=project_dir, settings=settings, hosts=tuple(hosts), known_stages=stages,
+                 sources=sources or {})
 
 
 def stage_as_dict(stage: Stage) -> dict:

@@ -86,8 +86,12 @@ def error_message(error: dict, model: type[BaseModel]) -> str:
         return f"unknown key '{key}'{hint}"
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {describe(value)}"
-    if kind in ("too_short",) and isinstance(value, (list, str)):
-        return "must not be empty"
+    ctx = error.get("ctx") or {}
+    if kind == "too_short" and isinstance(value, (list, str, dict)):
+        least = ctx.get("min_length", 1)
+        return "must not be empty" if least <= 1 else f"needs at least {least} items, got {len(value)}"
+    if kind == "too_long" and isinstance(value, (list, str, dict)):
+        return f"takes at most {ctx.get('max_length')} items, got {len(value)}"
     message = str(error.get("msg", kind))
     if message.startswith("Value error, "):
         return message[len("Value error, "):]

@@ -7,6 +7,8 @@ import re
 from typing import Iterator
 
 from .messages import did_you_mean
+from .names import (CONTROL, check_address, check_deploy_to, check_endpoint, check_name, check_url_path,
+                    check_user, parse_gateway, shown)
 from .schema import BUILTIN_ROLES, StageSpec
 
 Problem = tuple[tuple, str]
@@ -14,7 +16,52 @@ Problem = tuple[tuple, str]
 
 def check_rules(spec: StageSpec) -> list[Problem]:
     """(key path, message) for every cross-key problem of a merged stage."""
-    return [*_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec), *_drbd(spec), *_provision(spec)]
+    return [*_names(spec), *_paths(spec), *_roles(spec), *_hosts(spec), *_rollout(spec), *_gates(spec),
+            *_drbd(spec), *_provision(spec)]
+
+
+def _names(spec: StageSpec) -> Iterator[Problem]:
+    """Names are names (file names, never paths); user names are login names; addresses are addresses."""
+    problem = check_name(spec.application)
+    if problem:
+        yield ("application",), problem
+    if spec.ssh.user is not None and check_user(spec.ssh.user):
+        yield ("ssh", "user"), check_user(spec.ssh.user)
+    if spec.ssh.gateway is not None:
+        try:
+            parse_gateway(spec.ssh.gateway)
+        except ValueError as exc:
+            yield ("ssh", "gateway"), str(exc)
+    for index, host in enumerate(spec.hosts):
+        for key, check in (("name", check_name), ("user", check_user),
+                           ("address", check_address)):
+            value = getattr(host, key)
+            if value is not None and check(value):
+                yield ("hosts", index, key), check(value)
+    if spec.provision is not None and check_user(spec.provision.bmc.user):
+        yield ("provision", "bmc", "user"), check_user(spec.provision.bmc.user)
+
+
+def _gates(spec: StageSpec) -> Iterator[Problem]:
+    """Health and warm gates, and the load balancer's hosts: checked now, not at connect time."""
+    if spec.health is not None:
+        if check_url_path(spec.health.path):
+            yield ("health", "path"), check_url_path(spec.health.path)
+        for index, status in enumerate(spec.health.expect_status):
+            if not 100 <= status <= 599:
+                yield ("health", "expect_status", index), f"expected an HTTP status 100-599, got {status}"
+        header = spec.health.host_header
+        if header is not None and (not header or re.search(r"[\s\x00-\x1f\x7f]", header)):
+            yield ("health", "host_header"), f"expected a host name without spaces, got {shown(header)}"
+    if spec.warm is not None:
+        for index, url in enumerate(spec.warm.urls):
+            if check_url_path(url):
+                yield ("warm", "urls", index), check_url_path(url)
+        for index, endpoint in enumerate(spec.warm.memcached):
+            if check_endpoint(endpoint):
+                yield ("warm", "memcached", index), check_endpoint(endpoint)
+    if spec.lb is not None and spec.lb.driver != "none" and not any("lb" in h.roles for h in spec.hosts):
+        yield ("lb", "driver"), f"lb.driver '{spec.lb.driver}' needs a host with role 'lb' in the stage"
 
 
 def _drbd(spec: StageSpec) -> Iterator[Problem]:
@@ -83,16 +130,18 @@ def _rollout(spec: StageSpec) -> Iterator[Problem]:
 
 
 def _paths(spec: StageSpec) -> Iterator[Problem]:
-    if not posixpath.isabs(spec.deploy_to):
-        yield ("deploy_to",), f"must be an absolute path, got '{spec.deploy_to}'"
+    if check_deploy_to(spec.deploy_to):
+        yield ("deploy_to",), check_deploy_to(spec.deploy_to)
     for index, host in enumerate(spec.hosts):
-        if host.deploy_to is not None and not posixpath.isabs(host.deploy_to):
-            yield ("hosts", index, "deploy_to"), f"must be an absolute path, got '{host.deploy_to}'"
+        if host.deploy_to is not None and check_deploy_to(host.deploy_to):
+            yield ("hosts", index, "deploy_to"), check_deploy_to(host.deploy_to)
     for key in ("linked_files", "linked_dirs"):
         for index, item in enumerate(getattr(spec, key)):
             parts = item.split("/")
-            if posixpath.isabs(item) or ".." in parts or not item.strip("/") or item in (".",):
-                yield (key, index), f"must be a path inside the release (relative, no '..'), got '{item}'"
+            if (posixpath.isabs(item) or not item.strip("/") or CONTROL.search(item)
+                    or any(p in (".", "..") for p in parts)):
+                yield (key, index), (f"must be a path inside the release (relative, no '.' or '..', no control "
+                                     f"characters), got {shown(item)}")
 
 
 def _roles(spec: StageSpec) -> Iterator[Problem]:

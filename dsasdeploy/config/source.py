@@ -71,35 +71,112 @@ def _child(node: Optional[yaml.Node], part: Union[str, int]) -> Optional[yaml.No
     return None
 
 
-def _duplicate_keys(node: yaml.Node, path: tuple = ()) -> Iterator[tuple[tuple, yaml.Node]]:
+MAX_BYTES = 1024 * 1024  # a configuration file, not a data set
+MAX_DEPTH = 64  # mappings and lists nested deeper than this are a mistake (or an attack)
+MAX_NODES = 100_000  # after expanding aliases: a billion-laughs file stops here, at once
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting and alias bombs while composing, before any expansion."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._weights: dict[int, int] = {}  # id(node) -> size of the node once aliases are expanded
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            return super().compose_node(parent, index)  # a node already weighed
+        mark = self.peek_event().start_mark
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        children = node.value if isinstance(node, yaml.SequenceNode) else (
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else [])
+        weight = 1 + sum(self._weights.get(id(child), 1) for child in children)
+        if weight > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"more than {MAX_NODES} values once aliases are "
+                                              f"expanded (an alias bomb?)", mark)
+        self._weights[id(node)] = weight
+        return node
+
+
+def _duplicate_keys(node: yaml.Node, path: tuple = (), seen_nodes: Optional[set] = None
+                    ) -> Iterator[tuple[tuple, yaml.Node]]:
+    """Keys given twice in one mapping, on the composed tree (before merge keys are applied:
+    `<<: *base` followed by overrides is not a duplicate). Aliased nodes are visited once."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if id(node) in seen_nodes:
+        return
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set = set()
         for key_node, value_node in node.value:
-            if key_node.value in seen:
-                yield path + (key_node.value,), key_node
-            seen.add(key_node.value)
-            yield from _duplicate_keys(value_node, path + (key_node.value,))
+            if key_node.tag != MERGE_TAG:
+                if key_node.value in seen:
+                    yield path + (key_node.value,), key_node
+                seen.add(key_node.value)
+            yield from _duplicate_keys(value_node, path + (key_node.value,), seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, path + (index,))
+            yield from _duplicate_keys(item, path + (index,), seen_nodes)
+
+
+def _nul_strings(data: Any, path: tuple = ()) -> Iterator[tuple]:
+    """Key paths of strings holding a NUL character (written as "\\0" in a quoted string)."""
+    if isinstance(data, str) and "\0" in data:
+        yield path
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and "\0" in key:
+                yield path + (key,)
+            yield from _nul_strings(value, path + (key,))
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            yield from _nul_strings(item, path + (index,))
+
+
+def read_text(path: Path, label: str) -> str:
+    """The file as text, within MAX_BYTES, UTF-8, without NUL bytes; else ConfigError."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{label}: larger than {MAX_BYTES // 1024} KiB; not a configuration file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{label}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+                          ) from None
+    if "\0" in text:
+        raise ConfigError(f"{label}:{text[:text.index(chr(0))].count(chr(10)) + 1}: contains a NUL byte")
+    return text
 
 
 def load_yaml(path: Path, label: str) -> YamlDocument:
-    """Parse one YAML file; syntax errors and duplicate keys become ConfigError lines."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{label}: cannot read: {exc.strerror}") from None
-    loader = yaml.SafeLoader(text)
+    """Parse one YAML file within limits; syntax errors, duplicate keys and NULs become ConfigError lines."""
+    loader = _LimitedLoader(read_text(path, label))
     try:
         root = loader.get_single_node()
+        duplicates = list(_duplicate_keys(root)) if root is not None else []
+        if duplicates:
+            raise ConfigError([f"{label}:{key_node.start_mark.line + 1}: {format_key_path(dup)}: duplicate key"
+                               for dup, key_node in duplicates])
         data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{label}{line}: YAML syntax error: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{label}: YAML error: {exc}") from None
+        raise ConfigError(f"{label}: YAML error: {' '.join(str(exc).split())}") from None
     finally:
         loader.dispose()
     if data is None:
@@ -107,13 +184,12 @@ def load_yaml(path: Path, label: str) -> YamlDocument:
     if not isinstance(data, dict):
         line = f":{root.start_mark.line + 1}" if root is not None else ""
         raise ConfigError(f"{label}{line}: expected a mapping of keys at the top level")
-    problems = [
-        f"{label}:{key_node.start_mark.line + 1}: {format_key_path(dup)}: duplicate key"
-        for dup, key_node in _duplicate_keys(root)
-    ] if root is not None else []
+    document = YamlDocument(label=label, data=data, root=root)
+    problems = [f"{document.where(path)}: {format_key_path(path)}: contains a NUL character"
+                for path in _nul_strings(data)]
     if problems:
         raise ConfigError(problems)
-    return YamlDocument(label=label, data=data, root=root)
+    return document
 
 
 def plain(value: Any) -> Any:

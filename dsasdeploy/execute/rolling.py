@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from ..commands import release as rel
+from ..config.names import split_host_port
 from ..errors import IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
 from ..plan.hooks import remote_hooks
@@ -205,11 +206,7 @@ class RollingFlow(ReleaseFlow):
     def memcached_servers(self) -> list[tuple[str, int]]:
         warm = self.stage.settings.warm
         if warm is not None and warm.memcached:
-            servers = []
-            for item in warm.memcached:
-                address, _, port = item.rpartition(":")
-                servers.append((address, int(port)) if address else (item, 11211))
-            return servers
+            return [(host, int(port or 11211)) for host, port in map(split_host_port, warm.memcached)]
         return [(h.address, 11211) for h in self.stage.hosts_with_role("memcached")]
 
     # ---- the way back --------------------------------------------------------------------

@@ -18,6 +18,7 @@ import paramiko
 from fabric import Config, Connection
 from paramiko.config import SSHConfig
 
+from ..config.names import parse_gateway
 from ..config.schema import SshSettings
 from ..errors import HostKeyError, RemoteError, UsageError
 from ..inventory import Host
@@ -149,9 +150,8 @@ class SessionFactory:
             return None
         with self._gateway_lock:
             if self._gateway is None:
-                user, _, rest = self.ssh.gateway.rpartition("@")
-                address, _, port = rest.partition(":")
-                self._gateway = self._new(address, int(port or 22), user or self.ssh.user or "root", None)
+                user, address, port = parse_gateway(self.ssh.gateway)  # checked by the config rules
+                self._gateway = self._new(address, port, user or self.ssh.user or "root", None)
                 open_connection(self._gateway, f"gateway {self.ssh.gateway}")
             return self._gateway
 

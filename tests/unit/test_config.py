@@ -8,14 +8,7 @@ import pytest
 
 from dsasdeploy.config.load import load_stage, stage_as_dict
 from dsasdeploy.errors import ConfigError
-
-PROJECT = """\
-application: shop
-repo: ./app
-deploy_to: /srv/shop
-restart:
-  web: sh bin/restart
-"""
+from tests.support.configs import PROJECT
 
 STAGE = """\
 hosts:
