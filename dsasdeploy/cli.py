@@ -2,7 +2,8 @@
 
 One place maps failures to exit codes (status.ExitStatus): task errors arrive as
 invoke Exit with their code; parse errors are usage errors (2); anything
-unexpected is a bug, reported in one line (exit 4, --traceback for the trace).
+unexpected is a bug, reported in one line (--traceback for the trace): exit 1 when it
+changed nothing (before any remote command, a read-only command), else exit 4.
 """
 
 from __future__ import annotations
@@ -74,6 +75,10 @@ class DsasProgram(Program):
 
     def normalize_argv(self, argv) -> None:
         super().normalize_argv(argv)
+        text = group_help(self.argv, self.namespace)
+        if text is not None:  # `dsas lab`, `dsas lab --help`: the group's commands
+            print(text)
+            sys.exit(0)
         self.argv = normalize_words(self.argv, self.namespace)
 
     def run(self, argv: Optional[list] = None, exit: bool = True) -> None:
@@ -111,11 +116,29 @@ class DsasProgram(Program):
         except Exception as exc:  # a bug: one line, the trace only on request
             if getattr(self, "core", None) is not None and self.args.traceback.value:
                 traceback.print_exc()
-            print(f"dsas: internal error: {type(exc).__name__}: {exc} (rerun with --traceback; please report it)",
-                  file=sys.stderr)
+            # exit 4 means a human must look at the hosts: only when a host may have been changed
+            unchanged = getattr(exc, "dsas_nothing_changed", False)
+            print(f"dsas: internal error: {type(exc).__name__}: {exc}"
+                  + ("; nothing was changed" if unchanged else "; hosts may have been changed: check them")
+                  + " (rerun with --traceback; please report it)", file=sys.stderr)
             if exit:
-                sys.exit(int(ExitStatus.NEEDS_HUMAN))
+                sys.exit(int(ExitStatus.FAILED_ROLLED_BACK if unchanged else ExitStatus.NEEDS_HUMAN))
             raise
+
+
+def group_help(words: list[str], namespace: Collection) -> Optional[str]:
+    """Help text of a command group (`dsas lab`, `dsas drbd --help`), or None for anything else."""
+    if len(words) < 2 or words[1] not in namespace.collections:
+        return None
+    if len(words) > 2 and not all(w in ("--help", "-h") for w in words[2:]):
+        return None
+    group = namespace.collections[words[1]]
+    lines = [f"Usage: dsas {words[1]} <command> [options]        dsas {words[1]} <command> --help", "",
+             "Commands:"]
+    for name in sorted(group.task_names):
+        doc = (group[name].__doc__ or "").strip().splitlines()
+        lines.append(f"  {name:<14} {doc[0] if doc else ''}")
+    return "\n".join(lines)
 
 
 def normalize_words(words: list[str], namespace: Collection) -> list[str]:

@@ -3,7 +3,8 @@
 <deploy_to>/releases/<id>/   one per deploy, REVISION inside
 <deploy_to>/shared/          linked files and dirs
 <deploy_to>/current          -> releases/<id>, switched by rename(2)
-<deploy_to>/revisions.log    one line per deploy, failure and rollback
+<deploy_to>/revisions.log    Capistrano's lines: one per deploy and rollback
+<deploy_to>/.dsas-revisions.log   dsas's detail: every deploy, failure and rollback
 <deploy_to>/.dsas-lock/      mkdir-atomic lock; `owner` inside says who and since when
 """
 
@@ -39,6 +40,10 @@ class ReleasePaths:
     @property
     def revisions_log(self) -> str:
         return posixpath.join(self.deploy_to, "revisions.log")
+
+    @property
+    def dsas_log(self) -> str:
+        return posixpath.join(self.deploy_to, ".dsas-revisions.log")
 
     @property
     def lock_dir(self) -> str:

@@ -59,7 +59,13 @@ class Project:
         return sorted(p.name for p in releases.iterdir() if p.is_dir() and not p.is_symlink()) if releases.exists() else []
 
     def log(self, index: int) -> list[str]:
+        """Capistrano's revisions.log."""
         path = self.deploy_root(index) / "revisions.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def dsas_log(self, index: int) -> list[str]:
+        """dsas's own log: every deploy, failure and rollback with its detail."""
+        path = self.deploy_root(index) / ".dsas-revisions.log"
         return path.read_text().splitlines() if path.exists() else []
 
     def write(self, name: str, text: str) -> None:

@@ -64,7 +64,8 @@ def probe_script(paths: ReleasePaths, linked_files: Sequence[str], lock: Optiona
     ]
     for item in linked_files:
         lines.append(f"[ -e {q(paths.shared_path(item))} ] || " + mark_literal("missing_linked_file", item))
-    lines.append(f"tail -n {LOG_TAIL_LINES} {q(paths.revisions_log)} 2>/dev/null | sed 's/^/DSAS log /' || true")
+    for log in (paths.revisions_log, paths.dsas_log):  # Capistrano's lines, then dsas's own
+        lines.append(f"tail -n {LOG_TAIL_LINES} {q(log)} 2>/dev/null | sed 's/^/DSAS log /' || true")
     if lock is not None:
         lines += [f"[ -d {d} ] || exit 0"] + acquire_lines(paths, lock)
     else:
@@ -149,6 +150,23 @@ def guarded(lines: list[str], error: str) -> str:
     return f"if sh -ec {q(body)}; then :; else rc=1; {mark_literal('error', error)}; fi"
 
 
+def real_parents_lines(release: str, item: str, key: str) -> list[str]:
+    """Refuse (exit 3, nothing written yet) when a parent of `item` inside `release` is a
+    symlink or not a directory: the repository may commit `logs -> /elsewhere`, and
+    mkdir, rm and ln must never act through it (nothing outside deploy_to is written)."""
+    parts = [p for p in item.split("/") if p][:-1]
+    lines = []
+    for depth in range(1, len(parts) + 1):
+        path = posixpath.join(release, *parts[:depth])
+        where = f"{key} {item}: {path}"
+        lines += [
+            f"if [ -L {q(path)} ]; then printf '%s%s%s\\n' {q(where + ' is a symlink (to ')}"
+            f" \"$(readlink {q(path)})\" {q('); refusing to write through it')} >&2; exit 3; fi",
+            f"if [ -e {q(path)} ] && [ ! -d {q(path)} ]; then echo {q(where + ' is not a directory')} >&2; exit 3; fi",
+        ]
+    return lines
+
+
 def prepare_script(paths: ReleasePaths, ctx: ReleaseContext, linked_files: Sequence[str],
                    linked_dirs: Sequence[str], before: Sequence[tuple[str, str]] = (),
                    after: Sequence[tuple[str, str]] = ()) -> list[str]:
@@ -169,12 +187,14 @@ def prepare_script(paths: ReleasePaths, ctx: ReleaseContext, linked_files: Seque
         "mkdir -- \"$R\"",
         "tar -xzf - -C \"$R\"",
         mark_literal("step", "revision"),
+        "rm -rf -- \"$R/REVISION\"",  # a REVISION committed as a symlink must not be written through
         f"printf '%s\\n' {q(ctx.revision)} > \"$R/REVISION\"",
     ]
     for item in linked_dirs:
         src, dst = paths.shared_path(item), posixpath.join(r, item)
         lines += [
             mark_literal("step", f"link_dir {item}"),
+            *real_parents_lines(r, item, "linked_dirs"),
             f"mkdir -p {q(src)} {q(posixpath.dirname(dst))}",
             f"rm -rf -- {q(dst)}",
             f"ln -s {q(src)} {q(dst)}",
@@ -184,6 +204,7 @@ def prepare_script(paths: ReleasePaths, ctx: ReleaseContext, linked_files: Seque
         lines += [
             mark_literal("step", f"link_file {item}"),
             f"[ -e {q(src)} ] || {{ echo {q(f'missing linked file {src}')} >&2; exit 3; }}",
+            *real_parents_lines(r, item, "linked_files"),
             f"mkdir -p {q(posixpath.dirname(dst))}",
             f"rm -rf -- {q(dst)}",
             f"ln -s {q(src)} {q(dst)}",
@@ -230,10 +251,19 @@ def publish_script(paths: ReleasePaths, ctx: ReleaseContext, restarts: Sequence[
     return lines
 
 
+def log_lines(paths: ReleasePaths, entry: LogEntry) -> list[str]:
+    """Append `entry` to dsas's log and, in Capistrano's format, to revisions.log."""
+    lines = [f"printf '%s\\n' {q(entry.line())} >> {q(paths.dsas_log)}"]
+    cap = entry.capistrano_line()
+    if cap is not None:
+        lines.append(f"printf '%s\\n' {q(cap)} >> {q(paths.revisions_log)}")
+    return lines
+
+
 def finish_script(paths: ReleasePaths, log_entry: LogEntry, prune: Sequence[str], lock_token: str,
                   hooks: Sequence[tuple[str, str]] = ()) -> list[str]:
     """Record the deploy, remove pruned releases, release the lock."""
-    lines = [mark_literal("step", "log"), f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}"]
+    lines = [mark_literal("step", "log"), *log_lines(paths, log_entry)]
     if prune:
         lines.append(mark_literal("step", "prune"))
         lines += [f"rm -rf -- {q(paths.release(rid))} && " + mark_literal("pruned", rid) for rid in prune]
@@ -259,7 +289,7 @@ def migrate_script(ctx: ReleaseContext, paths: ReleasePaths, cwd: str, command: 
 
 def log_and_unlock_script(paths: ReleasePaths, log_entry: Optional[LogEntry], lock_token: str) -> list[str]:
     """Append to revisions.log (if given) and release this run's lock."""
-    lines = [f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}"] if log_entry else []
+    lines = log_lines(paths, log_entry) if log_entry else []
     return lines + release_lines(paths, lock_token)
 
 
@@ -288,7 +318,7 @@ def revert_script(paths: ReleasePaths, ctx: ReleaseContext, restarts: Sequence[t
             lines.append("[ $rc = 0 ] && " + guarded(run_in(paths.current, command, f"restart {role}"),
                                                      f"restart_{role}"))
     if log_entry is not None:
-        lines.append(f"printf '%s\\n' {q(log_entry.line())} >> {q(paths.revisions_log)}")
+        lines += log_lines(paths, log_entry)
     # the lock stays when the way back failed: the next deploy must not start on a half state
     unlock = ["if [ $rc = 0 ]; then", *release_lines(paths, lock_token), "fi"] if lock_token else []
     return lines + unlock + ['[ $rc = 0 ] && ' + mark_literal("reverted", ctx.previous or "-"), 'exit "$rc"']

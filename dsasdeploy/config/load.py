@@ -5,7 +5,6 @@ Every problem is one line: `file:line: key.path: what is wrong`, all problems at
 
 from __future__ import annotations
 
-import getpass
 import os
 from pathlib import Path
 from typing import Optional
@@ -13,6 +12,7 @@ from typing import Optional
 from pydantic import ValidationError
 
 from ..errors import ConfigError, UsageError
+from ..identity import local_user
 from ..inventory import Host, Stage
 from .messages import did_you_mean, error_message
 from .names import check_name
@@ -122,7 +122,7 @@ def load_stage(stage_name: str, project_dir: Optional[Path] = None) -> Stage:
 def resolve_stage(name: str, project_dir: Path, spec: StageSpec, stages: tuple[str, ...],
                   sources: Optional[dict[str, str]] = None) -> Stage:
     """Apply defaults (ssh user/port, deploy_to) so every Host is complete."""
-    default_user = spec.ssh.user or getpass.getuser()
+    default_user = spec.ssh.user or local_user()
     hosts = []
     for h in spec.hosts:
         primary = frozenset(h.roles if h.primary is True else (h.primary or []))

@@ -29,6 +29,7 @@ from ..commands import release as rel
 from ..commands.base import last_step
 from ..commands.revlog import LogEntry, failed_releases
 from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
+from ..identity import operator
 from ..inventory import Host, Stage
 from ..paths import next_release_id
 from ..plan.hooks import local_hooks, remote_hooks, unmatched_remote_hooks
@@ -161,9 +162,8 @@ class ReleaseFlow:
                               message=f"could not release the lock: {_reason(outcome)}; run `dsas unlock {self.stage.name}`")
 
     def lock_owner(self, command: str, revision: str) -> lockcmd.LockOwner:
-        user = os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
         return lockcmd.LockOwner(
-            token=self.token, owner=f"{user}@{socket.gethostname()}", controller=socket.gethostname(),
+            token=self.token, owner=operator(), controller=socket.gethostname(),
             pid=os.getpid(), stage=self.stage.name, since=self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
             revision=revision, command=command)
 
@@ -264,10 +264,9 @@ class ReleaseFlow:
                 "DSAS_HOSTS": ",".join(h.name for h in self.hosts), "DSAS_PROJECT": str(self.stage.project_dir)}
 
     def log_entry(self, event: str, **fields: str) -> LogEntry:
-        user = os.environ.get("USER") or os.environ.get("LOGNAME") or str(os.getuid())
         fields = {k: v for k, v in fields.items() if v}
         return LogEntry(self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"), event,
-                        {**fields, "stage": self.stage.name, "by": f"{user}@{socket.gethostname()}"})
+                        {**fields, "stage": self.stage.name, "by": operator()})
 
     # ---- deploy ----------------------------------------------------------------------
 
@@ -347,6 +346,9 @@ class ReleaseFlow:
 
     def preflight_pool(self) -> None:
         """Checks of the pool before anything changes (the rolling flow checks the LB)."""
+
+    def dry_run_checks(self) -> None:
+        """Read-only checks a dry run adds, of what the real run would refuse later (capacity guard)."""
 
     def publish(self, contexts: dict[str, rel.ReleaseContext], hook_phase: str = "publish") -> None:
         """Switch every host to its context's release and restart it, all at once.
@@ -467,6 +469,7 @@ class ReleaseFlow:
         try:
             self._check_ready(probes, archive.stat().st_size)
             self.preflight_pool()
+            self.dry_run_checks()
         except RemoteError as exc:
             problems.append(str(exc))
         entry = self.log_entry("deployed", release=release_id, revision=revision, ref=ref)
@@ -493,9 +496,12 @@ class ReleaseFlow:
                               stdin=stdin.strip(" <") or None)
         for problem in problems:
             self.bus.emit("warning", message=f"a real deploy would stop: {problem}")
+        if problems:  # non-zero, so that CI can gate on a dry run
+            return FlowResult(ExitStatus.FAILED_ROLLED_BACK, f"dry run: a real deploy would stop: {problems[0]}"
+                              + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""),
+                              release=release_id, revision=revision, ref=ref)
         return FlowResult(ExitStatus.OK, f"dry run: would deploy release {release_id} ({revision[:12]}) "
-                          f"to {len(self.hosts)} host(s); nothing was changed"
-                          + (f"; {len(problems)} problem(s) found" if problems else ""),
+                          f"to {len(self.hosts)} host(s); nothing was changed",
                           release=release_id, revision=revision, ref=ref)
 
     # ---- rollback --------------------------------------------------------------------

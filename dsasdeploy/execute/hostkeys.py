@@ -9,15 +9,17 @@ that every connection consults: a matching key passes, a changed key is refused
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import os
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import paramiko
 
-from ..errors import HostKeyError
+from ..errors import HostKeyError, UsageError
 
 
 def fingerprint(key: paramiko.PKey) -> str:
@@ -26,34 +28,97 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+@dataclass
+class KnownHosts:
+    """A parsed known_hosts: pinned keys, @revoked keys (refused for every host) and warnings."""
+
+    keys: paramiko.HostKeys = field(default_factory=paramiko.HostKeys)
+    revoked: dict[str, str] = field(default_factory=dict)  # fingerprint -> 'label:line'
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_known_hosts(text: str, label: str) -> KnownHosts:
+    """Parse known_hosts text (OpenSSH format, hashed names too); a bad line is a UsageError
+    naming `label:line`. `@revoked` keys are kept to be refused; `@cert-authority` lines are
+    skipped with a warning (dsas pins host keys, it does not verify host certificates)."""
+    parsed = KnownHosts()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{label}:{number}"
+        marker = None
+        if line.startswith("@"):
+            marker, _, line = line.partition(" ")
+            line = line.strip()
+            if marker == "@cert-authority":
+                parsed.warnings.append(f"{where}: @cert-authority line skipped: dsas verifies pinned host keys, "
+                                       f"not host certificates; pin the hosts' own keys")
+                continue
+            if marker != "@revoked":
+                raise UsageError(f"{where}: unknown known_hosts marker {marker[:40]!r} (expected @revoked or "
+                                 f"@cert-authority)")
+        fields = line.split()
+        if len(fields) < 3:
+            raise UsageError(f"{where}: not a known_hosts line (expected: host key-type base64-key)")
+        try:
+            key_bytes = base64.b64decode(fields[2], validate=True)
+        except (binascii.Error, ValueError):
+            raise UsageError(f"{where}: the key of {fields[0][:60]} is not valid base64") from None
+        try:
+            key = paramiko.PKey.from_type_string(fields[1], key_bytes)
+        except paramiko.ssh_exception.UnknownKeyType:
+            parsed.warnings.append(f"{where}: key type {fields[1][:40]} not supported by dsas; line skipped")
+            continue
+        except Exception as exc:  # noqa: BLE001 - paramiko raises several kinds for a malformed key blob
+            raise UsageError(f"{where}: the {fields[1][:40]} key of {fields[0][:60]} is malformed "
+                             f"({type(exc).__name__})") from None
+        if marker == "@revoked":
+            parsed.revoked[fingerprint(key)] = where
+            continue
+        for name in fields[0].split(","):
+            parsed.keys.add(name, key.get_name(), key)
+    return parsed
+
+
+def read_known_hosts(path: Path, source: str) -> KnownHosts:
+    """The known_hosts file at `path`; it must exist (a mistyped path is an error, never a new file).
+    `source` names where the path came from (a key, an environment variable, the default)."""
+    if not path.is_file():
+        raise UsageError(f"{source}: {path} does not exist (create it, even empty, to record keys with "
+                         f"--accept-new-host-keys)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{source}: {path} is not a text file") from None
+    return parse_known_hosts(text, str(path))
+
+
 class PinnedHostKeys(paramiko.MissingHostKeyPolicy):
     """A MissingHostKeyPolicy backed by one shared known_hosts (parsed once)."""
 
-    def __init__(self, known_hosts: Path, accept_new: bool = False):
+    def __init__(self, known_hosts: Path, parsed: KnownHosts, accept_new: bool = False, persist: bool = True):
         self.path = known_hosts
         self.accept_new = accept_new
-        self.keys = paramiko.HostKeys()
+        self.keys = parsed.keys
+        self.revoked = parsed.revoked
+        self.warnings = list(parsed.warnings)
         self.accepted: list[tuple[str, str]] = []  # (name, fingerprint) added this run
-        self.persist = True
+        self.persist = persist
         self._lock = threading.Lock()
-        if known_hosts.is_file():
-            try:
-                self.keys.load(str(known_hosts))
-            except (OSError, paramiko.SSHException) as exc:
-                raise HostKeyError(f"{known_hosts}: cannot read known_hosts: {exc}") from None
+
+    @classmethod
+    def from_file(cls, path: Path, source: str, accept_new: bool = False) -> "PinnedHostKeys":
+        """Keys pinned in the file at `path` (named `source` in errors); accepted keys are appended."""
+        return cls(path, read_known_hosts(path, source), accept_new=accept_new)
 
     @classmethod
     def from_text(cls, text: str, label: str, accept_new: bool = False) -> "PinnedHostKeys":
         """known_hosts lines given as text (e.g. a CI secret); accepted keys are not saved."""
-        policy = cls(Path("/nonexistent/dsas-known-hosts"), accept_new=accept_new)
-        policy.path = Path(f"${label}")
-        policy.persist = False
-        for line in text.replace("\\n", "\n").splitlines():
-            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
-            if entry is not None:
-                for name in entry.hostnames:
-                    policy.keys.add(name, entry.key.get_name(), entry.key)
-        return policy
+        parsed = parse_known_hosts(text.replace("\\n", "\n"), f"${label}")
+        return cls(Path(f"${label}"), parsed, accept_new=accept_new, persist=False)
 
     def known(self, name: str) -> Optional[dict]:
         with self._lock:
@@ -62,6 +127,9 @@ class PinnedHostKeys(paramiko.MissingHostKeyPolicy):
     def missing_host_key(self, client, hostname: str, key: paramiko.PKey) -> None:
         """Called by paramiko for every connection (the clients' own stores stay empty)."""
         offered = f"{key.get_name()} {fingerprint(key)}"
+        revoked_at = self.revoked.get(fingerprint(key))
+        if revoked_at is not None:
+            raise HostKeyError(f"{hostname}: host key {offered} is REVOKED ({revoked_at}); refusing to connect")
         with self._lock:
             entry = self.keys.lookup(hostname)
             if entry is not None:

@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from ..localdirs import state_dir
+
 
 def journal_path(project_dir: Path, stage: str) -> Path:
-    base = os.environ.get("DSAS_STATE_DIR")
-    root = Path(base) if base else project_dir / ".dsas"
-    return root / "journal" / f"{stage}.jsonl"
+    return state_dir(project_dir).path / "journal" / f"{stage}.jsonl"
 
 
 @dataclass

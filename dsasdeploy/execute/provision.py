@@ -40,6 +40,7 @@ from ..config.load import load_stage
 from ..config.stagefile import replace_atomically, with_host
 from ..errors import DsasError, HostKeyError, RemoteError, UsageError
 from ..inventory import Host, Stage
+from ..localdirs import state_dir
 from ..plan import provision as plan
 from ..report.events import EventBus
 from ..scm import build_archive, open_repository, resolve
@@ -55,9 +56,7 @@ PLACEHOLDER_TOKEN = "not-yet-issued-token"  # renders the templates before a tok
 
 
 def state_path(project_dir: Path, stage: str, name: str) -> Path:
-    base = os.environ.get("DSAS_STATE_DIR")
-    root = Path(base) if base else project_dir / ".dsas"
-    return root / "provision" / f"{stage}-{name}.json"
+    return state_dir(project_dir).path / "provision" / f"{stage}-{name}.json"
 
 
 class ProvisionJournal:
@@ -461,8 +460,8 @@ class AddServer:
         new = self.new_host
         ctx = rel.ReleaseContext(self.stage.name, release, revision, None)
         if release not in probes[new.name].releases:
-            repo = open_repository(settings.repo, self.stage.project_dir)
-            archive = build_archive(repo, resolve(repo, revision), settings.application)
+            repo = open_repository(settings.repo, self.stage.project_dir, self.stage.blame("repo"))
+            archive = build_archive(repo, resolve(repo, revision, "the peers' revision"), settings.application)
             results = self.flow.phase("prepare", [new], lambda h: rel.prepare_script(
                 h.paths, ctx, settings.linked_files, settings.linked_dirs, before=[], after=[]), stdin=archive)
             self.flow._raise_on_failure("prepare", results)  # noqa: SLF001
@@ -474,7 +473,7 @@ class AddServer:
         if gates is not None:
             gates([new], lambda h: release, warm=True)
         entry = self.flow.log_entry("deployed", release=release, revision=revision, ref="add-server")
-        result = self.backend.run(new, [f"printf '%s\\n' {q(entry.line())} >> {q(new.paths.revisions_log)}"])
+        result = self.backend.run(new, rel.log_lines(new.paths, entry))
         if not result.ok:
             self.bus.emit("warning", host=new.name, message="could not write revisions.log on the new host")
         self.journal.save(release=release, revision=revision)

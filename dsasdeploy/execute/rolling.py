@@ -22,6 +22,7 @@ from ..commands import release as rel
 from ..config.names import split_host_port
 from ..errors import IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
+from ..localdirs import state_dir
 from ..plan.hooks import remote_hooks
 from ..plan.rollout import max_unavailable, plan_batches
 from ..status import ExitStatus
@@ -50,6 +51,7 @@ class RollingFlow(ReleaseFlow):
         self.driver = make_driver(self, settings.lb)
         names = {h.name for h in self.hosts} | {h.name for h in self.aux_hosts}
         self.aux_hosts += tuple(h for h in self.stage.hosts_with_role("lb") if h.name not in names)
+        state_dir(self.stage.project_dir).check()  # the journal's home: an unusable one is exit 2, now
         self.journal = Journal(journal_path(self.stage.project_dir, self.stage.name))
         self.pool_size = len(self.stage.release_hosts())
         self.cap = max_unavailable(settings.rollout, self.pool_size)
@@ -85,6 +87,11 @@ class RollingFlow(ReleaseFlow):
         if self.stage.settings.health is None:
             self.bus.emit("warning", message="no health check configured (health:): hosts rejoin the pool "
                                              "as soon as their restart command succeeds")
+
+    def dry_run_checks(self) -> None:
+        """The capacity guard of every batch, against the live pool (read only)."""
+        for batch in plan_batches(self.hosts, self.stage.settings.rollout, self.pool_size):
+            self.driver.plan_drain(batch, self.cap)
 
     def undo_rollback(self, contexts: dict[str, rel.ReleaseContext]) -> None:
         self._revert(contexts, "rollback failed", "", mark=False)

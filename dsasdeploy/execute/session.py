@@ -12,7 +12,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import paramiko
 from fabric import Config, Connection
@@ -20,6 +20,7 @@ from paramiko.config import SSHConfig
 
 from ..config.names import parse_gateway
 from ..config.schema import SshSettings
+from ..credentials import secret
 from ..errors import HostKeyError, RemoteError, UsageError
 from ..inventory import Host
 from .hostkeys import PinnedHostKeys
@@ -34,20 +35,47 @@ ENV_KNOWN_HOSTS = "DSAS_KNOWN_HOSTS"
 ENV_KNOWN_HOSTS_FILE = "DSAS_KNOWN_HOSTS_FILE"
 
 
-def load_key_from_env() -> Optional[paramiko.PKey]:
-    """The private key in $DSAS_SSH_PRIVATE_KEY (OpenSSH or PEM text), kept in memory only."""
-    text = os.environ.get(ENV_KEY)
-    if not text:
-        return None
-    passphrase = os.environ.get(ENV_KEY_PASSPHRASE) or None
-    text = text.replace("\\n", "\n").strip() + "\n"  # CI variables sometimes hold literal \n
-    for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+KEY_KINDS = (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey)
+
+
+def parse_private_key(text: str, source: str) -> paramiko.PKey:
+    """A private key (OpenSSH or PEM text), decrypted with $DSAS_SSH_KEY_PASSPHRASE if it is set;
+    a UsageError naming `source` (the variable or the key) if it is not a usable key."""
+    passphrase = secret(ENV_KEY_PASSPHRASE)
+    encrypted = False
+    for kind in KEY_KINDS:
         try:
             return kind.from_private_key(io.StringIO(text), password=passphrase)
+        except paramiko.PasswordRequiredException:
+            encrypted = True
         except (paramiko.SSHException, ValueError):
             continue
-    raise UsageError(f"${ENV_KEY} does not hold a usable private key (ed25519, ecdsa or rsa; "
-                     f"set ${ENV_KEY_PASSPHRASE} if it is encrypted)")
+    if encrypted and not passphrase:
+        raise UsageError(f"{source}: the private key is encrypted: set ${ENV_KEY_PASSPHRASE}")
+    raise UsageError(f"{source}: not a usable private key (ed25519, ecdsa or rsa"
+                     + (f"; or ${ENV_KEY_PASSPHRASE} is wrong)" if passphrase else ")"))
+
+
+def load_key_from_env() -> Optional[paramiko.PKey]:
+    """The private key in $DSAS_SSH_PRIVATE_KEY, kept in memory only."""
+    text = secret(ENV_KEY)
+    if not text:
+        return None
+    # CI variables sometimes hold literal \n
+    return parse_private_key(text.replace("\\n", "\n").strip() + "\n", f"${ENV_KEY}")
+
+
+def load_key_file(path: Path, source: str) -> paramiko.PKey:
+    """The private key in the file at `path`, read and checked now, before any host is touched."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{source}: {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"{source}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{source}: {path} is not a private key file") from None
+    return parse_private_key(text, f"{source}: {path}")
 
 
 def resolve_path(value: Optional[str], project_dir: Path) -> Optional[Path]:
@@ -65,6 +93,7 @@ class SessionFactory:
     ssh: SshSettings
     project_dir: Path
     accept_new_host_keys: bool = False
+    blame: Callable[[str], str] = str  # key -> how an error names it, e.g. 'dsas.yaml:9: ssh.identity_file'
     policy: PinnedHostKeys = field(init=False)
     _config: Config = field(init=False)
     _gateway: Optional[Connection] = field(init=False, default=None)
@@ -76,41 +105,46 @@ class SessionFactory:
         if known_text:
             self.policy = PinnedHostKeys.from_text(known_text, ENV_KNOWN_HOSTS, accept_new=accept_new)
         else:
-            known = resolve_path(os.environ.get(ENV_KNOWN_HOSTS_FILE) or self.ssh.known_hosts or DEFAULT_KNOWN_HOSTS,
-                                 self.project_dir)
-            self.policy = PinnedHostKeys(known, accept_new=accept_new)
+            source, value = self._setting(ENV_KNOWN_HOSTS_FILE, "ssh.known_hosts", self.ssh.known_hosts)
+            if value is None:
+                source, value = f"{DEFAULT_KNOWN_HOSTS} (the default; set ssh.known_hosts)", DEFAULT_KNOWN_HOSTS
+            self.policy = PinnedHostKeys.from_file(resolve_path(value, self.project_dir), source,
+                                                   accept_new=accept_new)
         ssh_config_path = resolve_path(self.ssh.ssh_config, self.project_dir)
-        if ssh_config_path is not None and not ssh_config_path.is_file():
-            raise UsageError(f"ssh.ssh_config: {ssh_config_path} does not exist")
-        ssh_config = SSHConfig.from_path(str(ssh_config_path)) if ssh_config_path else SSHConfig()
+        ssh_config = self._read_ssh_config(ssh_config_path) if ssh_config_path else SSHConfig()
         self._ssh_config = ssh_config
         # lazy=True: do not read /etc/fabric.yml or ~/.fabric.yml; an explicit SSHConfig
         # object: do not read ~/.ssh/config or /etc/ssh/ssh_config either.
         self._config = Config(lazy=True, ssh_config=ssh_config)
         self._pkey = load_key_from_env()
-        identity = resolve_path(os.environ.get(ENV_KEY_FILE) or self.ssh.identity_file, self.project_dir)
-        if self._pkey is None and identity is not None and not identity.is_file():
-            raise UsageError(f"ssh.identity_file: {identity} does not exist")
-        self._identity = None if self._pkey is not None else identity
+        source, value = self._setting(ENV_KEY_FILE, "ssh.identity_file", self.ssh.identity_file)
+        identity = resolve_path(value, self.project_dir)
+        if self._pkey is None and identity is not None:
+            self._pkey = load_key_file(identity, source)
+
+    def _setting(self, variable: str, key: str, configured: Optional[str]) -> tuple[str, Optional[str]]:
+        """(how errors name the source, value): the environment variable wins over the key."""
+        if os.environ.get(variable):
+            return f"${variable}", os.environ[variable]
+        return self.blame(key), configured
+
+    def _read_ssh_config(self, path: Path) -> SSHConfig:
+        source = self.blame("ssh.ssh_config")
+        try:
+            return SSHConfig.from_text(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"{source}: {path} does not exist") from None
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read {path}: {exc.strerror}") from None
+        except (UnicodeDecodeError, paramiko.ssh_exception.ConfigParseError, ValueError) as exc:
+            raise UsageError(f"{source}: {path} is not a usable ssh_config: {_first_line(exc)}") from None
 
     def public_key_line(self) -> str:
         """The authorized_keys line of the key dsas logs in with (for a new host's installer)."""
-        key = self._pkey
-        if key is None and self._identity is not None:
-            pub = self._identity.with_name(self._identity.name + ".pub")
-            if pub.is_file():
-                return " ".join(pub.read_text().split()[:2])
-            passphrase = os.environ.get(ENV_KEY_PASSPHRASE) or None
-            for kind in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
-                try:
-                    key = kind.from_private_key_file(str(self._identity), password=passphrase)
-                    break
-                except (paramiko.SSHException, ValueError):
-                    continue
-        if key is None:
+        if self._pkey is None:
             raise UsageError("add-server needs the deploy key (ssh.identity_file or $DSAS_SSH_PRIVATE_KEY) to "
                              "install it on the new host")
-        return f"{key.get_name()} {key.get_base64()}"
+        return f"{self._pkey.get_name()} {self._pkey.get_base64()}"
 
     def _connect_kwargs(self) -> dict:
         kwargs = {
@@ -122,8 +156,6 @@ class SessionFactory:
         }
         if self._pkey is not None:
             kwargs["pkey"] = self._pkey
-        elif self._identity is not None:
-            kwargs["key_filename"] = [str(self._identity)]
         return kwargs
 
     def _new(self, address: str, port: int, user: str, gateway: Optional[Connection]) -> Connection:
@@ -186,3 +218,8 @@ def open_connection(cxn: Connection, label: str) -> None:
         raise RemoteError(f"{where}: SSH error: {exc}") from None
     except OSError as exc:
         raise RemoteError(f"{where}: unreachable: {exc.strerror or exc}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -82,8 +82,12 @@ def load(stage_name: str) -> Stage:
 def run_remote(command: str, stage_name: str, options: Options,
                body: Callable[[ReleaseFlow, Stage, Callable[[str], bool]], FlowResult],
                release_hosts_only: bool = True,
-               pick_hosts: Optional[Callable[[Stage], tuple[Host, ...]]] = None) -> None:
-    """Load, select hosts, run `body` with a flow; summary + report + exit code always."""
+               pick_hosts: Optional[Callable[[Stage], tuple[Host, ...]]] = None, read_only: bool = False) -> None:
+    """Load, select hosts, run `body` with a flow; summary + report + exit code always.
+
+    An unexpected error (a bug) exits 4 only when a host may have been changed: not for a
+    `read_only` command or a dry run, nor before the first remote command; else it exits 1."""
+    read_only = read_only or options.dry_run
     reporter = make_reporter(options.json)
     bus = EventBus(stage_name, reporter)
     backend = None
@@ -98,7 +102,10 @@ def run_remote(command: str, stage_name: str, options: Options,
             hosts = stage.release_hosts(hosts)
             if not hosts:
                 raise UsageError(f"no selected host of stage '{stage_name}' has a role that receives releases")
-        backend = SshBackend(SessionFactory(stage.settings.ssh, stage.project_dir, options.accept_new_host_keys))
+        backend = SshBackend(SessionFactory(stage.settings.ssh, stage.project_dir, options.accept_new_host_keys,
+                                            blame=stage.blame))
+        for warning in backend.factory.policy.warnings:
+            bus.emit("warning", message=warning)
         flow_class = RollingFlow if stage.settings.lb is not None else ReleaseFlow
         flow = flow_class(stage, hosts, backend, bus)
         result = body(flow, stage, confirmer(options, reporter))
@@ -106,6 +113,12 @@ def run_remote(command: str, stage_name: str, options: Options,
         result = FlowResult(exc.exit_status, str(exc), **(flow.attempt if flow else {}))
     except KeyboardInterrupt:
         result = FlowResult(ExitStatus.FAILED_ROLLED_BACK, "interrupted", **(flow.attempt if flow else {}))
+    except Exception as exc:  # a bug: exit 4 only if a host may have been changed
+        changed = not read_only and backend is not None and sum(backend.exec_counts.values()) > 0
+        result = FlowResult(ExitStatus.NEEDS_HUMAN if changed else ExitStatus.FAILED_ROLLED_BACK,
+                            f"internal error: {type(exc).__name__}: {exc}", **(flow.attempt if flow else {}))
+        exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli.py)
+        raise
     finally:
         if backend is not None:
             backend.close()

@@ -35,9 +35,9 @@ def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=F
 
     def body(flow, stage_obj, confirm):
         settings = stage_obj.settings
-        repo = open_repository(settings.repo, stage_obj.project_dir)
+        repo = open_repository(settings.repo, stage_obj.project_dir, stage_obj.blame("repo"))
         ref = revision or settings.branch
-        rev = resolve(repo, ref)
+        rev = resolve(repo, ref, "--revision" if revision else stage_obj.blame("branch"))
         archive = build_archive(repo, rev, settings.application)
         flow.bus.emit("run_started", command="deploy", hosts=[h.name for h in flow.hosts], revision=rev.sha,
                       ref=ref, dry_run=dry_run, archive_bytes=archive.stat().st_size)
@@ -77,7 +77,7 @@ def releases(c, stage, hosts=None, roles=None, yes=False, json=False, report=Non
         flow.bus.emit("run_started", command="releases", hosts=[h.name for h in flow.hosts])
         return flow.releases()
 
-    run_remote("releases", stage, options, body)
+    run_remote("releases", stage, options, body, read_only=True)
 
 
 @task(positional=["stage"], auto_shortflags=False, help=_help(*_REMOTE))
@@ -92,7 +92,7 @@ def check(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, 
         flow.bus.emit("run_started", command="check", hosts=[h.name for h in flow.hosts])
         return flow.check()
 
-    run_remote("check", stage, options, body)
+    run_remote("check", stage, options, body, read_only=True)
 
 
 @task(positional=["stage"], auto_shortflags=False, help=_help(*_REMOTE))
@@ -122,6 +122,9 @@ def config(c, stage, json=False):
         data = stage_as_dict(load(stage))
     except DsasError as exc:
         raise Exit("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), code=int(exc.exit_status))
+    except Exception as exc:  # a bug; reading configuration changes nothing (cli.py: exit 1)
+        exc.dsas_nothing_changed = True
+        raise
     sys.stdout.write(jsonlib.dumps(data, indent=2) + "\n" if json else plain(data))
 
 

@@ -66,7 +66,9 @@ def test_deploy_to_three_hosts(project):
         assert (root / "current" / "app.txt").read_text() == "version 2\n"
         assert (root / "current" / "log").resolve() == (root / "shared" / "log")
         assert (root / "shared" / "restarts.log").read_text().split() == [release, release]
-        assert project.log(index)[-1].split()[1:3] == ["deployed", f"release={release}"]
+        user = __import__("pwd").getpwuid(os.getuid()).pw_name
+        assert project.log(index)[-1] == f"Branch main (at {project.shas['v2']}) deployed as release {release} by {user}"
+        assert project.dsas_log(index)[-1].split()[1:3] == ["deployed", f"release={release}"]
         assert not (root / ".dsas-lock").exists()
 
 
@@ -81,7 +83,8 @@ def test_second_deploy_then_rollback_and_rollback_to(project):
     assert result.returncode == 0, result.stderr
     assert [project.current(i) for i in range(3)] == [first] * 3
     assert (project.deploy_root(1) / "current" / "app.txt").read_text() == "version 1\n"
-    assert project.log(2)[-1].split()[1] == "rolled_back"
+    assert project.log(2)[-1].endswith(f" rolled back to release {first}")
+    assert project.dsas_log(2)[-1].split()[1] == "rolled_back"
 
     result = project.run("rollback", "test", "--to", second, "--yes")
     assert result.returncode == 0, result.stderr
@@ -117,7 +120,7 @@ def test_failed_restart_reverts_every_host_and_marks_release_failed(project):
     assert {h["outcome"] for h in done["hosts"].values()} == {"reverted"}
     for index in range(3):
         assert project.current(index) == good
-        failed_line = project.log(index)[-1].split()
+        failed_line = project.dsas_log(index)[-1].split()
         assert failed_line[1] == "failed"
         assert not (project.deploy_root(index) / ".dsas-lock").exists()
         # the good release was restarted again after the revert
@@ -125,7 +128,8 @@ def test_failed_restart_reverts_every_host_and_marks_release_failed(project):
     # rollback never picks the failed release; there is no earlier good one here
     result = project.run("rollback", "test", "--yes")
     assert result.returncode == 2 and "no earlier good release" in result.stderr
-    assert bad > good and f"release={bad}" in " ".join(project.log(0))
+    assert bad > good and f"release={bad}" in " ".join(project.dsas_log(0))
+    assert not any(bad in line for line in project.log(0))  # Capistrano logs no failed deploys
 
 
 def test_failure_preparing_one_host_leaves_every_host_on_the_old_release(project):

@@ -145,6 +145,7 @@ def run_config(tmp_path: Path, monkeypatch, capsys, stage: str) -> tuple[int, st
     """`dsas config STAGE` in this process: (exit code, stderr)."""
     monkeypatch.setenv("DSAS_PROJECT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # keep pytest's SIGTERM handler
     try:
         cli.main(["dsas", "config", stage])
         code = 0

@@ -445,10 +445,10 @@ def test_pin_host_key_replaces_plain_and_hashed_entries_keeps_the_rest(tmp_path)
     hashed = paramiko.HostKeys.hash_host("10.0.2.13")
     known = tmp_path / "known_hosts"
     known.write_text(line("10.0.2.11", other) + "\n" + line("10.0.2.13", old) + line(hashed, old))
-    policy = PinnedHostKeys(known)
+    policy = PinnedHostKeys.from_file(known, "ssh.known_hosts")
     replaced = pin_host_key(policy, "10.0.2.13", f"{new[0]} {new[1]}")
     assert replaced and replaced.startswith("SHA256:")
     text = known.read_text()
     assert old[1] not in text and text.count(new[1]) == 1 and other[1] in text
     assert policy.known("10.0.2.13")["ssh-ed25519"].get_base64() == new[1]
-    assert PinnedHostKeys(known).known("10.0.2.13")["ssh-ed25519"].get_base64() == new[1]
+    assert PinnedHostKeys.from_file(known, "ssh.known_hosts").known("10.0.2.13")["ssh-ed25519"].get_base64() == new[1]

@@ -8,6 +8,8 @@ import subprocess
 import tarfile
 from datetime import datetime, timezone
 
+import pytest
+
 from dsasdeploy.commands import release as rel
 from dsasdeploy.commands.base import parse_markers, script
 from dsasdeploy.commands.lock import LockOwner, acquire_lines, release_lines
@@ -102,8 +104,11 @@ def test_probe_reports_layout_lock_and_log(tmp_path):
     (tmp_path / "releases" / "20260101000000" / "REVISION").write_text("aaa\n")
     (tmp_path / "releases" / "20260102000000").mkdir()
     os.symlink("releases/20260101000000", tmp_path / "current")
-    (tmp_path / "revisions.log").write_text(
-        "2026-01-02T00:00:00Z failed release=20260102000000 revision=bbb stage=p by=x@y reason=restart\n")
+    (tmp_path / "revisions.log").write_text(  # an older dsas wrote its own lines here
+        "2026-01-02T00:00:00Z failed release=20260102000000 revision=bbb stage=p by=x@y reason=restart\n"
+        "Branch main (at aaa) deployed as release 20260101000000 by deploy\n")
+    (tmp_path / ".dsas-revisions.log").write_text(
+        "2026-01-02T00:00:00Z failed release=20260103000000 revision=ccc stage=p by=x@y reason=restart\n")
     code, out, _ = sh(rel.probe_script(paths, ["config/db.yml"], OWNER, create=True))
     probe = rel.parse_probe(parse_markers(out))
     assert code == 0
@@ -111,7 +116,8 @@ def test_probe_reports_layout_lock_and_log(tmp_path):
     assert probe.releases == {"20260101000000": "aaa", "20260102000000": ""}
     assert probe.missing_linked_files == ("config/db.yml",)
     assert probe.lock == "acquired" and probe.writable and probe.tar
-    assert failed_releases(probe.log) == {"20260102000000"}
+    assert failed_releases(probe.log) == {"20260102000000", "20260103000000"}
+    assert ("deployed", "20260101000000", "deploy") in {(e.event, e.release, e.user) for e in probe.log}
     # a second run finds the lock held and says by whom
     second = rel.parse_probe(parse_markers(sh(rel.probe_script(paths, [], OWNER, create=True))[1]))
     assert second.lock == "held" and second.lock_owner == OWNER
@@ -145,14 +151,39 @@ def test_revert_switches_back_and_logs_failure(tmp_path):
     assert code == 0 and "DSAS reverted 20260101000000" in out
     assert os.readlink(tmp_path / "current") == "releases/20260101000000"
     assert (tmp_path / "restarted").read_text().strip().endswith("20260101000000")
-    assert parse_line((tmp_path / "revisions.log").read_text()).fields["reason"] == "restart_web@web2"
+    assert parse_line((tmp_path / ".dsas-revisions.log").read_text()).fields["reason"] == "restart_web@web2"
+    assert not (tmp_path / "revisions.log").exists()  # Capistrano's log has no failed deploys
 
 
 def test_log_line_round_trip():
     entry = LogEntry("2026-11-27T10:00:00Z", "deployed", {"release": "20261127100000", "ref": "main", "by": "a@b"})
     assert entry.line() == "2026-11-27T10:00:00Z deployed release=20261127100000 ref=main by=a@b"
     assert parse_line(entry.line()) == entry
-    assert parse_line("Branch main (at abc) deployed as release 2026 by bob") is None  # Capistrano's
+    assert parse_line("Tagged release v1 for the team") is None  # neither dsas's nor Capistrano's
+
+
+@pytest.mark.parametrize("entry, line", [
+    (LogEntry("t", "deployed", {"release": "20261127100000", "revision": "3f2a", "ref": "main", "by": "alice@ci-7"}),
+     "Branch main (at 3f2a) deployed as release 20261127100000 by alice"),
+    (LogEntry("t", "rolled_back", {"release": "20261127100000", "from": "20261127110000", "by": "root@vm"}),
+     "root rolled back to release 20261127100000"),
+    (LogEntry("t", "failed", {"release": "20261127100000", "by": "root@vm"}), None),
+], ids=["deployed", "rolled_back", "failed"])
+def test_capistrano_lines_written_and_read_back(entry, line):
+    assert entry.capistrano_line() == line
+    if line is not None:
+        back = parse_line(line)
+        assert (back.event, back.release, back.user) == (entry.event, entry.release, entry.user)
+        assert back.fields.get("revision") == entry.fields.get("revision")
+
+
+def test_finish_writes_capistrano_and_dsas_lines(tmp_path):
+    entry = LogEntry("2026-01-02T00:00:00Z", "deployed", {"release": "20260102000000", "revision": "bbb",
+                                                          "ref": "v1.2", "by": "ci@runner"})
+    code, _, err = sh(rel.finish_script(ReleasePaths(str(tmp_path)), entry, [], "t"))
+    assert code == 0, err
+    assert (tmp_path / "revisions.log").read_text() == "Branch v1.2 (at bbb) deployed as release 20260102000000 by ci\n"
+    assert (tmp_path / ".dsas-revisions.log").read_text() == entry.line() + "\n"
 
 
 def test_release_id_never_repeats_or_goes_back():
@@ -210,3 +241,53 @@ def test_hooks_never_read_the_archive_on_stdin(tmp_path):
     code, _, err = sh(lines, archive({"a.txt": "x"}))
     assert code == 0, err
     assert (tmp_path / "releases" / "20260101000000" / "a.txt").read_text() == "x"
+
+
+def archive_with_links(files: dict[str, str], links: dict[str, str]) -> bytes:
+    """A release archive holding symlinks, as `git archive` of a repository that commits them."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, target in links.items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+        for name, text in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("linked_files, linked_dirs, link, victim", [
+    ([], ["logs/app"], "logs", "app"),  # rm -rf + ln -s through a committed dir symlink
+    (["conf/db.yml"], [], "conf", "db.yml"),  # a linked file through one
+    ([], ["a/b/c"], "a/b", "c"),  # a deeper parent
+], ids=["linked_dir", "linked_file", "deeper"])
+def test_prepare_never_writes_through_a_committed_symlink(tmp_path, linked_files, linked_dirs, link, victim):
+    deploy_to, outside = tmp_path / "deploy", tmp_path / "outside"
+    (deploy_to / "releases").mkdir(parents=True)
+    (deploy_to / "shared" / "conf").mkdir(parents=True)
+    (deploy_to / "shared" / "conf" / "db.yml").write_text("shared\n")
+    outside.mkdir()
+    (outside / victim).write_text("keep me\n")
+    ctx = rel.ReleaseContext("production", "20260101000000", "abc123", None)
+    files = {"a/x": "x"} if link == "a/b" else {}
+    lines = rel.prepare_script(ReleasePaths(str(deploy_to)), ctx, linked_files, linked_dirs)
+    code, _, err = sh(lines, archive_with_links(files, {link: str(outside)}))
+    assert code == 3, err
+    assert f"{deploy_to}/releases/20260101000000/{link} is a symlink (to {outside})" in err
+    assert (outside / victim).read_text() == "keep me\n" and not (outside / victim).is_symlink()
+    assert sorted(p.name for p in outside.iterdir()) == [victim]
+    assert not (deploy_to / "releases" / "20260101000000").exists()
+
+
+def test_prepare_does_not_write_revision_through_a_committed_symlink(tmp_path):
+    deploy_to, outside = tmp_path / "deploy", tmp_path / "outside.txt"
+    (deploy_to / "releases").mkdir(parents=True)
+    outside.write_text("keep me\n")
+    ctx = rel.ReleaseContext("production", "20260101000000", "abc123", None)
+    code, _, err = sh(rel.prepare_script(ReleasePaths(str(deploy_to)), ctx, [], []),
+                      archive_with_links({}, {"REVISION": str(outside)}))
+    assert code == 0, err
+    assert outside.read_text() == "keep me\n"
+    assert (deploy_to / "releases" / "20260101000000" / "REVISION").read_text() == "abc123\n"
