@@ -2,9 +2,10 @@
 
     stop_sshd / start_sshd      kill / restart a namespace host's sshd (new connections refused)
     freeze_sshd / thaw_sshd     SIGSTOP / SIGCONT the sshd listener (connections hang: timeouts)
-    freeze_guest / thaw_guest   stop / resume a whole UML guest (mconsole stop / go)
+    freeze_guest / thaw_guest   stop / resume a whole guest (UML: mconsole stop / go; qemu: SIGSTOP/SIGCONT)
     cut_link / restore_link     take the host's link(s) down / up at the switch
-    kill_guest                  hard-kill a UML guest (SIGKILL to linux.uml and its helpers)
+    kill_guest                  hard-kill a guest (SIGKILL to linux.uml and its helpers, or to qemu)
+    restart_guest               bring a guest back alone (Lab.restart: same key, rejoins its role)
     app_unhealthy / app_healthy make /health of the web app answer 503 / normal again
     memcached_unreachable / memcached_reachable   cut / restore the memcached host's link
     bmc_rejects_bootdev / bmc_accepts_bootdev     the lab BMC refuses / takes boot devices again
@@ -24,7 +25,7 @@ from .lab import Lab, LabError, ssh_banner
 def _ns_host(lab: Lab, name: str):
     h = lab.host(name)
     if h.kind != "ns" or not h.ssh:
-        raise UsageError(f"{name} is not a namespace host with sshd (for UML guests use "
+        raise UsageError(f"{name} is not a namespace host with sshd (for guests use "
                          "freeze_guest/thaw_guest/kill_guest/cut_link)")
     return h
 
@@ -82,23 +83,35 @@ def thaw_sshd(lab: Lab, name: str) -> None:
 def _guest(lab: Lab, name: str):
     h = lab.host(name)
     if h.kind != "guest":
-        raise UsageError(f"{name} is not a UML guest")
+        raise UsageError(f"{name} is not a guest")
     return h
 
 
 def freeze_guest(lab: Lab, name: str) -> None:
-    """Stop the whole UML guest (kernel and all its processes) through its mconsole."""
+    """Stop the whole guest (kernel and all its processes): it neither answers nor forwards."""
     _guest(lab, name)
-    guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "stop")
+    if lab.engine().name == "qemu":
+        os.kill(lab.pid(name), signal.SIGSTOP)
+    else:
+        guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "stop")
 
 
 def thaw_guest(lab: Lab, name: str) -> None:
     _guest(lab, name)
-    guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "go")
+    if lab.engine().name == "qemu":
+        os.kill(lab.pid(name), signal.SIGCONT)
+    else:
+        guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "go")
+
+
+def restart_guest(lab: Lab, name: str) -> float:
+    """Bring a killed (or frozen) guest back alone; seconds until it serves its role again."""
+    _guest(lab, name)
+    return lab.restart(name)
 
 
 def kill_guest(lab: Lab, name: str) -> None:
-    """Hard crash: SIGKILL the linux.uml process and its helper processes (no clean shutdown)."""
+    """Hard crash: SIGKILL the guest's process and its helpers (no clean shutdown)."""
     from .lab import _children
     _guest(lab, name)
     pid = lab.pid(name)

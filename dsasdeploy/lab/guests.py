@@ -1,8 +1,9 @@
-"""User-mode-linux guests of the lab (LVS director, DRBD pair): init script, start, stop.
+"""Guests of the lab (LVS director, DRBD pair): init script, start, stop, on either engine.
 
-Root filesystem = the host's / over hostfs, READ-ONLY; the lab state dir is mounted again
-read-write; /tmp /run /var/log /var/tmp /root /var/lib/drbd /srv are guest-local tmpfs.
-Kernel and modules come from the extracted `user-mode-linux` .deb (see .ci/lab-setup.sh).
+Root filesystem = the host's / READ-ONLY (UML: hostfs; qemu: virtio-9p, see qemu.py); the lab
+state dir is mounted again read-write; /tmp /run /var/log /var/tmp /root /var/lib/drbd /srv are
+guest-local tmpfs. UML's kernel and modules come from the extracted `user-mode-linux` .deb,
+qemu's from the extracted Debian kernel package (see .ci/lab-setup.sh).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ import subprocess
 import tempfile
 import time
 
+from . import qemu
+from .engine import Engine, qemu_binary, uml_binary
 from .topology import HostSpec, SWITCH_NS
 
 GUEST_INIT = r"""#!/bin/sh
-# PID 1 of every dsas lab UML guest (written by dsasdeploy.lab.guests). Root fs = host / over
-# hostfs, read-only. Parameters come from the kernel command line as environment variables:
-#   dsas_name dsas_lab dsas_uml dsas_net(eth0=a/p,...) dsas_gw dsas_mods(m1,m2)
+# PID 1 of every dsas lab guest (written by dsasdeploy.lab.guests). Root fs = host / over
+# hostfs (UML) or 9p (qemu), read-only. Parameters come from the kernel command line as
+# environment variables: dsas_name dsas_lab dsas_engine(uml|qemu) dsas_modroot
+# dsas_net(eth0=a/p,...) dsas_gw dsas_mods(m1,m2) dsas_restart(1: brought back alone)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 LAB=$dsas_lab
 log() { echo "[init $(cut -d' ' -f1 /proc/uptime)] $*"; }
@@ -39,20 +43,24 @@ mount -t tmpfs -o mode=755 tmpfs /srv
 # the lab directory: the guest's only read-write window onto the host (mounted last, so no
 # tmpfs above hides it, wherever DSAS_LAB_DIR is)
 mkdir -p "$LAB"
-mount -t hostfs -o "$LAB" hostfs "$LAB"
+if [ "$dsas_engine" = qemu ]; then
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 lab "$LAB"
+else
+  mount -t hostfs -o "$LAB" hostfs "$LAB"
+fi
 mkdir -p /run/sshd /run/lock /srv/data
 chmod 755 /run/sshd
 hostname "$dsas_name"
+echo "$LAB/bin/guest-modprobe" > /proc/sys/kernel/modprobe
+for m in $(echo "$dsas_mods" | tr ',' ' '); do
+  [ -d "/sys/module/$m" ] || modprobe -d "$dsas_modroot" "$m" || log "modprobe $m FAILED"
+done
 ip link set lo up
 for spec in $(echo "$dsas_net" | tr ',' ' '); do
   dev=${spec%%=*}; addr=${spec#*=}
   ip addr add "$addr" dev "$dev" && ip link set "$dev" up
 done
 [ -n "$dsas_gw" ] && ip route add default via "$dsas_gw"
-echo "$LAB/bin/uml-modprobe" > /proc/sys/kernel/modprobe
-for m in $(echo "$dsas_mods" | tr ',' ' '); do
-  modprobe -d "$dsas_uml" "$m" || log "modprobe $m FAILED"
-done
 [ -f "$LAB/guests/$dsas_name/rc.sh" ] && . "$LAB/guests/$dsas_name/rc.sh"
 /usr/sbin/sshd -D -f "$LAB/ssh/sshd_config" -h "$LAB/ssh/hostkeys/$dsas_name/ssh_host_ed25519_key" \
     -o "PidFile=/run/sshd.pid" -E "$LAB/logs/$dsas_name.sshd.log" &
@@ -72,9 +80,9 @@ trap halt_guest TERM INT USR1
 while :; do sleep 3600 & wait $!; done
 """
 
-UML_MODPROBE = """#!/bin/sh
-# kernel.modprobe helper inside dsas lab UML guests: the module tree lives in the lab cache
-exec /usr/sbin/modprobe -d {uml} "$@"
+GUEST_MODPROBE = """#!/bin/sh
+# kernel.modprobe helper inside dsas lab guests: the module tree lives in the lab cache
+exec /usr/sbin/modprobe -d {modroot} "$@"
 """
 
 DIRECTOR_RC = """# sourced by the guest init on the LVS director: forwarding + the lab's virtual service
@@ -96,9 +104,10 @@ common {
 
 DRBD_R0 = """resource r0 {{
   device    /dev/drbd0;
-  disk      /dev/ubda;
+  disk      {disk};
   meta-disk internal;
   net {{
+    connect-int 2;      # retry a connection every 2 s (default 10): guests boot at their own pace
     cram-hmac-alg sha1;
     shared-secret "dsaslab";
   }}
@@ -128,7 +137,17 @@ rm -f "$LAB/run/$dsas_name.drbd"
   # the disk comes with meta data and an ext4 filesystem (made on the host, identical on both)
   drbdadm up r0 || t "drbd up FAILED"
   t "r0 up"
-  if [ "$dsas_drbd_primary" = 1 ]; then
+  if [ "$dsas_restart" = 1 ]; then
+    # brought back alone (`dsas lab restart`): the disk keeps its data and meta data; rejoin the
+    # peer (resync), and serve again only if this is the lab's primary and the peer does not
+    i=0
+    while [ "$(drbdadm cstate r0 2>/dev/null)" != Connected ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    t "cstate $(drbdadm cstate r0) role $(drbdadm role r0)"
+    if [ "$dsas_drbd_primary" = 1 ] && [ "$(drbdadm role r0 | cut -d/ -f2)" != Primary ]; then
+      drbdadm primary r0 && "$LAB/bin/drbd-service" start && t "primary again"
+    fi
+    echo ok > "$LAB/run/$dsas_name.drbd"
+  elif [ "$dsas_drbd_primary" = 1 ]; then
     i=0
     while [ "$(drbdadm cstate r0 2>/dev/null)" != Connected ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
     if [ "$(drbdadm cstate r0)" != Connected ]; then echo "peer never connected" > "$LAB/run/$dsas_name.drbd"; exit 0; fi
@@ -182,9 +201,10 @@ esac
 """
 
 
-def write_guest_files(state: str, uml_root: str, ipvs_rules: str, drbd_a: str, drbd_b: str,
-                      sip: str, port: int, mnt: str) -> None:
-    """Write init script, modprobe wrapper, per-guest hooks and the DRBD config under `state`."""
+def write_guest_files(state: str, modroot: str, ipvs_rules: str, drbd_a: str, drbd_b: str,
+                      sip: str, port: int, mnt: str, disk: str = "/dev/ubda") -> None:
+    """Write init script, modprobe wrapper, per-guest hooks and the DRBD config under `state`
+    (`modroot`: the module tree for `modprobe -d`; `disk`: the guest's name of the DRBD disk)."""
     def w(path, text, mode=0o644):
         path = os.path.join(state, path)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -192,14 +212,14 @@ def write_guest_files(state: str, uml_root: str, ipvs_rules: str, drbd_a: str, d
             f.write(text)
         os.chmod(path, mode)
     w("bin/guest-init.sh", GUEST_INIT, 0o755)
-    w("bin/uml-modprobe", UML_MODPROBE.format(uml=uml_root), 0o755)
+    w("bin/guest-modprobe", GUEST_MODPROBE.format(modroot=modroot), 0o755)
     w("bin/drbd-service", DRBD_SERVICE.format(sip=sip, port=port, mnt=mnt), 0o755)
     w("guests/lb1/rc.sh", DIRECTOR_RC)
     w("guests/lb1/ipvs.rules", ipvs_rules)
     w("guests/drbd-a/rc.sh", DRBD_RC)
     w("guests/drbd-b/rc.sh", DRBD_RC)
     w("drbd/etc/global_common.conf", DRBD_GLOBAL)
-    w("drbd/etc/r0.res", DRBD_R0.format(a=drbd_a, b=drbd_b))
+    w("drbd/etc/r0.res", DRBD_R0.format(a=drbd_a, b=drbd_b, disk=disk))
 
 
 def make_drbd_disks(state: str, names: list[str], size_mb: int, seed_text: str) -> None:
@@ -231,33 +251,52 @@ def make_drbd_disks(state: str, names: list[str], size_mb: int, seed_text: str) 
         subprocess.run(["cp", "--sparse=always", first, img], check=True)
 
 
-def start_guest(h: HostSpec, state: str, uml_root: str) -> int:
+def init_params(h: HostSpec, state: str, engine: str, modroot: str, restart: bool = False) -> list[str]:
+    """The guest init's parameters (kernel command line words, without dots), same on both engines."""
+    mods = list(h.mods)
+    if engine == "qemu" and "db" in h.roles:
+        mods.append("ext4")  # Debian's kernel has it as a module: load it before the first mount
+    params = [f"dsas_name={h.name}", f"dsas_lab={state}", f"dsas_engine={engine}",
+              f"dsas_modroot={modroot}",
+              "dsas_net=" + ",".join(f"eth{i}={nic.addr}" for i, nic in enumerate(h.nics))]
+    if h.gateway:
+        params.append(f"dsas_gw={h.gateway}")
+    if mods:
+        params.append("dsas_mods=" + ",".join(mods))
+    if "db" in h.roles:
+        params.append(f"dsas_drbd_primary={1 if h.primary else 0}")
+    if restart:
+        params.append("dsas_restart=1")
+    return params
+
+
+def start_guest(h: HostSpec, state: str, engine: Engine, uml_root: str, cache: str,
+                restart: bool = False) -> int:
+    """Launch one guest in the switch namespace on `engine`; return the linux.uml / qemu PID."""
+    if engine.name == "qemu":
+        modroot = qemu.kernel_tree(cache)[1]
+        return qemu.start_guest(h, state, engine.accel, init_params(h, state, "qemu", modroot, restart),
+                                qemu_binary())
+    return start_uml_guest(h, state, uml_root, init_params(h, state, "uml", uml_root, restart))
+
+
+def start_uml_guest(h: HostSpec, state: str, uml_root: str, params: list[str]) -> int:
     """Launch one UML guest in the switch namespace; return the linux.uml PID."""
     run = os.path.join(state, "run")
     subprocess.run(["rm", "-rf", os.path.join(run, h.name)], check=False)
     uml_args = [
         f"umid={h.name}", f"uml_dir={run}", f"mem={h.mem}",
         "rootfstype=hostfs", "rootflags=/", "ro", f"init={state}/bin/guest-init.sh",
-        "con=null", "ssl=null", "con0=null,fd:1", "quiet",
-        f"dsas_name={h.name}", f"dsas_lab={state}", f"dsas_uml={uml_root}",
+        "con=null", "ssl=null", "con0=null,fd:1", "quiet", *params,
     ]
     if h.disk_mb:
         uml_args.append(f"ubd0={os.path.join(state, 'guests', h.name, 'disk.img')}")
-    net = []
     for i, nic in enumerate(h.nics):
         uml_args.append(f"eth{i}=tuntap,{nic.tap},{nic.mac}")
-        net.append(f"eth{i}={nic.addr}")
-    uml_args.append("dsas_net=" + ",".join(net))
-    if h.gateway:
-        uml_args.append(f"dsas_gw={h.gateway}")
-    if h.mods:
-        uml_args.append("dsas_mods=" + ",".join(h.mods))
-    if "db" in h.roles:
-        uml_args.append(f"dsas_drbd_primary={1 if h.primary else 0}")
     env = dict(os.environ, TMPDIR="/dev/shm")  # guest RAM file on tmpfs
     console = open(os.path.join(state, "logs", f"{h.name}.console"), "wb")
     p = subprocess.Popen(
-        ["ip", "netns", "exec", SWITCH_NS, os.path.join(uml_root, "usr/bin/linux.uml"), *uml_args],
+        ["ip", "netns", "exec", SWITCH_NS, uml_binary(uml_root), *uml_args],
         stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, env=env,
         start_new_session=True, close_fds=True)
     console.close()
@@ -313,12 +352,15 @@ def reap(pid: int) -> None:
         pass
 
 
-def stop_guests(state: str, pids: dict[str, int], timeout: float = 6.0) -> None:
-    """Clean power-off via mconsole 'cad' (init traps it), SIGTERM/SIGKILL the PID if needed."""
+def stop_guests(state: str, pids: dict[str, int], timeout: float = 6.0, engine: str = "uml") -> None:
+    """UML: clean power-off via mconsole 'cad' (init traps it); qemu: SIGTERM at once (the lab's
+    disks are thrown away with it). Then SIGTERM/SIGKILL whatever is left."""
     run = os.path.join(state, "run")
+    if engine == "qemu":
+        timeout = 0.0
     for name, pid in pids.items():
         sock = os.path.join(run, name, "mconsole")
-        if alive(pid) and os.path.exists(sock):
+        if engine != "qemu" and alive(pid) and os.path.exists(sock):
             try:
                 mconsole(sock, "cad", timeout=1.0)
             except OSError:

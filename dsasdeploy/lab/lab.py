@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import DsasError, UsageError
-from . import guests, hosts, net, pxe
+from . import engine as engines, guests, hosts, net, pxe, qemu
 from .app_repo import ensure_app_repo
 from .topology import (APP_PORT, BMC_ADDR, BMC_PORT, BMC_USER, BOOT_ADDR, BOOT_HTTP_PORT, DEPLOY_TO,
                        DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT, MAX_WEB, MEMCACHED_ADDR,
@@ -41,7 +41,7 @@ class HostStatus:
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        raise UsageError("dsas lab needs root (network namespaces, bridges, mounts, UML guests): "
+        raise UsageError("dsas lab needs root (network namespaces, bridges, mounts, guests): "
                          "run it as root, e.g. with sudo")
 
 
@@ -67,8 +67,21 @@ class Lab:
 
     def __init__(self, state: str | None = None, uml_root: str | None = None):
         self.state = os.path.abspath(state or state_dir())
-        self.uml_root = uml_root or os.path.join(cache_dir(), "uml")
+        self.cache = cache_dir()
+        self.uml_root = uml_root or os.path.join(self.cache, "uml")
         self.meta_path = os.path.join(self.state, "lab.json")
+
+    @property
+    def time_factor(self) -> float:
+        """How much slower guest work is than on UML or KVM: 3 under qemu TCG (emulated CPU), else 1.
+        Tests scale their wall-clock bounds by it (what they assert about behaviour does not change)."""
+        eng = self.engine()
+        return 3.0 if eng is not None and eng.name == "qemu" and eng.accel == "tcg" else 1.0
+
+    def engine(self) -> engines.Engine | None:
+        """The engine the lab runs on (from its state), or None when no lab was built."""
+        m = self.meta()
+        return engines.Engine.from_dict(m.get("engine") or {"name": "uml"}) if m else None
 
     # ---------- paths and facts ----------
     @property
@@ -205,9 +218,6 @@ class Lab:
         require_root()
         if not 1 <= web <= MAX_WEB:
             raise UsageError(f"--web must be between 1 and {MAX_WEB}, not {web}")
-        linux = os.path.join(self.uml_root, "usr/bin/linux.uml")
-        if not os.access(linux, os.X_OK):
-            raise UsageError(f"user-mode-linux kernel not found at {linux}: run .ci/lab-setup.sh")
         for tool in ("/usr/sbin/sshd", "/usr/sbin/ipvsadm", "/usr/sbin/drbdadm", "/usr/bin/memcached",
                      "/usr/sbin/dnsmasq", "/usr/bin/nsenter", "/usr/bin/git", pxe.QEMU, pxe.IPMI_SIM,
                      "/usr/bin/ipmitool", pxe.BUSYBOX, pxe.DROPBEAR, pxe.DROPBEARKEY, "/usr/bin/cpio",
@@ -232,34 +242,98 @@ class Lab:
                              "the lab needs that range for itself")
         t0 = time.time()
         m = self.meta()
+        forced = os.environ.get("DSAS_LAB_ENGINE", "").strip().lower()
+        running = m is not None and self.running() and m.get("complete")
+        # before anything is built or checked further: which engine can boot a guest (exit 2 if none)
+        eng = None if running else engines.choose(self.uml_root, self.cache)
         if m is None and pxe.bmc_port_busy():
             raise UsageError(f"UDP {BMC_ADDR}:{BMC_PORT} (the lab BMC) is in use by another program")
-        if m is not None:
-            if self.running() and m.get("complete") and m["web"] == web:
-                if self._health_quick():
-                    self._heal_sshd()
-                    return {"seconds": time.time() - t0, "already_running": True, "web": web}
-            if self.running() and m.get("complete") and m["web"] != web:
+        if running:
+            current = self.engine()
+            if m["web"] != web:
                 raise UsageError(f"the lab is running with {m['web']} web hosts: "
                                  f"run `dsas lab down` first to change --web")
+            if forced and forced != current.name:
+                raise UsageError(f"the lab is running on the {current.name} engine, not {forced} "
+                                 "(DSAS_LAB_ENGINE): run `dsas lab down` first")
+            if self._health_quick():
+                self._heal_sshd()
+                return {"seconds": time.time() - t0, "already_running": True, "web": web,
+                        "engine": current, "restarted": []}
+            dead = self._dead_guests()
+            if dead and self._health_quick(ignore_guests=True):  # repair: bring back only those
+                for name in dead:
+                    self.restart(name)
+                self._heal_sshd()
+                return {"seconds": time.time() - t0, "already_running": True, "web": web,
+                        "engine": current, "restarted": dead}
+        eng = eng or engines.choose(self.uml_root, self.cache)
         # leftovers (a crashed or half-built lab): clear them first
         if m is not None or net.lab_netns():
             self.down()
         try:
-            self._up(web, timeout)
+            self._up(web, timeout, eng)
         except BaseException:
             self.down(keep_logs=True)  # the logs stay for a look; the next up/down removes them
             raise
-        return {"seconds": time.time() - t0, "already_running": False, "web": web}
+        return {"seconds": time.time() - t0, "already_running": False, "web": web, "engine": eng,
+                "restarted": []}
 
-    def _health_quick(self) -> bool:
+    def _dead_guests(self) -> list[str]:
+        pids = (self.meta() or {}).get("pids", {})
+        return [h.name for h in self.hosts() if h.kind == "guest" and not guests.alive(pids.get(h.name, -1))]
+
+    def restart(self, name: str, timeout: float = 60.0) -> float:
+        """Bring one guest back alone (killed, crashed or frozen): same disk, host key, addresses;
+        the director reloads the lab's IPVS table, a DRBD node rejoins r0 (and the lab's primary
+        serves again if its peer does not). Namespace hosts get their sshd back. Returns seconds."""
+        require_root()
+        h = self.host(name)
+        m = self.meta()
+        if m is None or not self.running():
+            raise UsageError("the lab is not running: run `dsas lab up` first")
+        t0 = time.time()
+        if h.kind != "guest":
+            self._heal_sshd()
+            return time.time() - t0
+        eng = self.engine()
+        old = m["pids"].get(name)
+        if old and guests.alive(old):
+            self._kill({old, *_children(old)})
+        if "db" in h.roles:
+            try:
+                os.unlink(os.path.join(self.state, "run", f"{name}.drbd"))
+            except FileNotFoundError:
+                pass
+        m["pids"][name] = pid = guests.start_guest(h, self.state, eng, self.uml_root, self.cache,
+                                                   restart=True)
+        self._save(m)
+        deadline = time.time() + timeout
+        while not ssh_banner(h.address, 22, 1.0):
+            if not guests.alive(pid):
+                raise LabError(f"{name}: guest died while booting, see {self.state}/logs/{name}.console")
+            if time.time() > deadline:
+                raise LabError(f"{name}: no SSH {timeout:.0f} s after restart (see {self.state}/logs)")
+            time.sleep(0.1)
+        if "db" in h.roles:
+            marker = os.path.join(self.state, "run", f"{name}.drbd")
+            if not hosts.wait_file(marker, max(5.0, deadline - time.time()), pid):
+                raise LabError(f"{name}: DRBD did not rejoin, see {self.state}/logs/{name}.drbd.log")
+        if "lb" in h.roles:
+            with open(os.path.join(self.state, "run", "lb1.ipvs")) as f:
+                if f.read() != ipvs_rules(m["web"]):
+                    raise LabError(f"{name}: the IPVS table is not what the lab set up")
+        return time.time() - t0
+
+    def _health_quick(self, ignore_guests: bool = False) -> bool:
         """Guests and namespace holders alive (sshd may be stopped by a fault: healed instead),
         and the lab has its PXE machine (a lab made by an older dsas is rebuilt)."""
         m = self.meta() or {}
         pids = m.get("pids", {})
         if "bmc.ipmi_sim" not in pids or "boot1.http" not in pids:
             return False
-        return all(guests.alive(p) for k, p in pids.items() if "." not in k or k.endswith(".ns"))
+        return all(guests.alive(p) for k, p in pids.items()
+                   if ("." not in k and not ignore_guests) or k.endswith(".ns"))
 
     def _heal_sshd(self) -> None:
         m = self.meta() or {}
@@ -281,7 +355,7 @@ class Lab:
             self._save(m)
             pxe.wait_bmc(new)
 
-    def _up(self, web: int, timeout: float) -> None:
+    def _up(self, web: int, timeout: float, eng: engines.Engine) -> None:
         st = self.state
         os.makedirs(st, exist_ok=True)
         with open(os.path.join(st, MARKER), "w") as f:
@@ -290,7 +364,7 @@ class Lab:
             os.makedirs(os.path.join(st, d), exist_ok=True)
         topo = topology(web)
         meta = {"web": web, "pids": {}, "complete": False, "started": time.time(),
-                "state": st, "uml_root": self.uml_root,
+                "state": st, "uml_root": self.uml_root, "engine": eng.as_dict(),
                 # `ip netns add` makes /run/netns (and a bind mount of it): down undoes that
                 "run_netns_existed": os.path.isdir("/run/netns"),
                 "run_netns_mounted": _is_mount("/run/netns")}
@@ -302,8 +376,12 @@ class Lab:
 
         # guest host keys first (they boot first); the rest while they boot
         hosts.write_ssh_files(st, topo, only=[h.name for h in gs])
-        guests.write_guest_files(st, self.uml_root, ipvs_rules(web), "10.77.3.21", "10.77.3.22",
-                                 DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT)
+        if eng.name == "qemu":
+            modroot, disk = qemu.kernel_tree(self.cache)[1], "/dev/vda"
+        else:
+            modroot, disk = self.uml_root, "/dev/ubda"
+        guests.write_guest_files(st, modroot, ipvs_rules(web), "10.77.3.21", "10.77.3.22",
+                                 DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT, disk)
         # network: switch + root legs + guest taps (+ the PXE VM's), then the guests (slowest) first
         net.switch_up()
         net.guest_taps(gs)
@@ -312,7 +390,7 @@ class Lab:
         guests.make_drbd_disks(st, dbs, by[dbs[0]].disk_mb, "lab data written on drbd-a\n")
         # the DRBD pair first: its bring-up is the longest path of `up`
         for h in sorted(gs, key=lambda h: "db" not in h.roles):
-            pids[h.name] = guests.start_guest(h, st, self.uml_root)
+            pids[h.name] = guests.start_guest(h, st, eng, self.uml_root, self.cache)
         self._save(meta)
 
         # files the hosts need, while the guests boot
@@ -427,7 +505,7 @@ class Lab:
         net.del_link(PXE_VM_TAP)
         guest_pids = {k: v for k, v in pids.items() if "." not in k}
         if guest_pids:
-            guests.stop_guests(self.state, guest_pids)
+            guests.stop_guests(self.state, guest_pids, engine=(m.get("engine") or {}).get("name", "uml"))
         # every process in the lab's namespaces (holders, sshd + sessions, app, memcached,
         # dnsmasq, UML helpers), plus the PIDs recorded
         victims = set(v for k, v in pids.items() if "." in k)
@@ -499,7 +577,8 @@ class Lab:
             if h.kind == "guest":
                 proc = guests.alive(pids.get(h.name, -1))
                 up = proc and bool(ssh_ok)
-                detail = f"UML pid {pids.get(h.name)}" + ("" if proc else " (gone)")
+                eng = (m.get("engine") or {}).get("name", "uml")
+                detail = f"{eng} pid {pids.get(h.name)}" + ("" if proc else " (gone)")
             else:
                 proc = guests.alive(pids.get(f"{h.name}.ns", -1))
                 up = proc and (ssh_ok if h.ssh else True)
@@ -533,7 +612,7 @@ class Lab:
         """Run argv inside a namespace host (netns + mount ns) without SSH (e.g. 'client')."""
         h = self.host(host)
         if h.kind != "ns":
-            raise UsageError(f"{host} is a UML guest: use run()")
+            raise UsageError(f"{host} is a guest: use run()")
         holder = self.pid(f"{h.name}.ns")
         return subprocess.run(hosts.nsenter(holder) + argv, capture_output=True, text=True,
                               timeout=timeout, check=check, stdin=subprocess.DEVNULL)

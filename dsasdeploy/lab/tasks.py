@@ -1,4 +1,4 @@
-"""`dsas lab up|down|status|ssh`: invoke tasks over dsasdeploy.lab.Lab (mounted by cli.py)."""
+"""`dsas lab up|down|status|restart|ssh`: invoke tasks over dsasdeploy.lab.Lab (mounted by cli.py)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,16 @@ def up(c, web=3):
     require_root()
     lab = _lab()
     r = lab.up(web=int(web))
-    if r["already_running"]:
+    eng = r["engine"]
+    if r["restarted"]:
+        print(f"lab repaired in {r['seconds']:.1f} s: brought back {', '.join(r['restarted'])} "
+              f"(state {lab.state})")
+    elif r["already_running"]:
         print(f"lab already running with {r['web']} web hosts (state {lab.state})")
     else:
         print(f"lab up in {r['seconds']:.1f} s: {r['web']} web hosts, VIP {VIP}:{VIP_PORT} "
               f"(state {lab.state})")
+    print(f"engine: {eng.label}: {eng.reason}")
     print(f"stage file: {lab.stage_file()}" + ("  (same as stages/lab.yaml)" if int(web) == 3 else ""))
     print(f"ssh: dsas lab ssh web1   |   client traffic: ip netns exec dsaslab-client curl http://{VIP}/")
     print(f"PXE machine {PXE_VM_MAC} (off): BMC ipmitool -I lanplus -H {BMC_ADDR} -p {BMC_PORT} -U admin "
@@ -50,6 +55,8 @@ def status(c):
     if not rows:
         print(f"lab is not running (state {lab.state})")
         return
+    eng = lab.engine()
+    print(f"engine: {eng.label}: {eng.reason}")
     print(f"{'HOST':<8} {'KIND':<6} {'ADDRESS':<13} {'ROLES':<18} {'STATE':<5} DETAIL")
     for s in rows:
         print(f"{s.name:<8} {s.kind:<6} {s.address:<13} {','.join(s.roles) or '-':<18} "
@@ -61,10 +68,19 @@ def status(c):
           f"boot device {b['bootdev'] or '?'}")
 
 
-@task(auto_shortflags=False, positional=["host"],
+@task(auto_shortflags=False, positional=["host"], help={"host": "lab host name (lb1, drbd-a, drbd-b, web1, ...)"})
+def restart(c, host):
+    """Bring one lab host back alone (a killed guest: same disk and host key, rejoins its role)."""
+    require_root()
+    lab = _lab()
+    seconds = lab.restart(host)
+    print(f"{host} back in {seconds:.1f} s")
+
+
+@task(auto_shortflags=False, positional=["host", "cmd"],
       help={"host": "lab host name (web1, lb1, drbd-a, ...)", "cmd": "command to run (else a shell)"})
-def ssh(c, host, cmd=""):
-    """Open a shell on a lab host, or run a command there: dsas lab ssh web1 --cmd 'uptime'."""
+def ssh(c, host, cmd=None):
+    """Open a shell on a lab host, or run a command there: dsas lab ssh web1 'uptime'."""
     require_root()
     lab = _lab()
     if lab.meta() is None:
@@ -77,4 +93,4 @@ def ssh(c, host, cmd=""):
         raise invoke.Exit(code=rc)
 
 
-ns = invoke.Collection("lab", up, down, status, ssh)
+ns = invoke.Collection("lab", up, down, status, restart, ssh)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dsasdeploy.lab import Lab
+from dsasdeploy.lab import Lab, qemu
 from dsasdeploy.lab.lab import meminfo
 
 
@@ -19,8 +19,9 @@ def lab_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "the lab needs root (network namespaces, UML guests)"
     lab = Lab()
-    if not os.access(os.path.join(lab.uml_root, "usr/bin/linux.uml"), os.X_OK):
-        return f"user-mode-linux not found under {lab.uml_root}: run .ci/lab-setup.sh"
+    if not os.access(os.path.join(lab.uml_root, "usr/bin/linux.uml"), os.X_OK) \
+            and not os.access(qemu.QEMU, os.X_OK):
+        return f"neither user-mode-linux (under {lab.uml_root}) nor qemu is there: run .ci/lab-setup.sh"
     return None
 
 
@@ -41,7 +42,7 @@ def lab_session():
     if r["already_running"]:
         print("\n[lab] already running: using it (it is put back up after the down test)")
     else:
-        print(f"\n[lab] up in {r['seconds']:.2f} s, host memory used {used_mib:.0f} MiB")
+        print(f"\n[lab] up in {r['seconds']:.2f} s on {r['engine'].label}, host memory used {used_mib:.0f} MiB")
     lab.timings = {"up": r["seconds"], "mem_mib": used_mib}
     lab.owned = not r["already_running"]  # whoever started it also takes it down
     yield lab

@@ -171,7 +171,8 @@ def test_failed_health_rolls_back_the_whole_fleet(lab, env, tmp_path):
     assert currents(lab) == [good] * 3
     assert weights(lab) == before
     assert traffic["errors"] == 0, traffic
-    log = Path(lab.host_path("web1", "/srv/labapp/revisions.log")).read_text().splitlines()
+    # Capistrano's revisions.log has no failures; dsas's own log beside it does
+    log = Path(lab.host_path("web1", "/srv/labapp/.dsas-revisions.log")).read_text().splitlines()
     assert log[-1].split()[1] == "failed"
     assert not any(Path(lab.host_path(h, "/srv/labapp/.dsas-lock")).exists() for h in ("web1", "web2", "web3"))
     # rollback never picks the failed release
@@ -339,4 +340,4 @@ def test_recover_forward_finishes_the_interrupted_release(lab, env):
     assert currents(lab) == [new] * 3
     assert weights(lab) == before
     log = Path(lab.host_path("web3", "/srv/labapp/revisions.log")).read_text().splitlines()
-    assert log[-1].split()[1] == "deployed"
+    assert log[-1].startswith("Branch ") and f"deployed as release {new} by " in log[-1]

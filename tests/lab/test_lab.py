@@ -1,4 +1,4 @@
-"""The lab itself, against real things: sshd, IPVS in a UML guest, DRBD 8.4, memcached, dnsmasq.
+"""The lab itself, against real things: sshd, IPVS in a guest (UML or qemu), DRBD 8.4, memcached, dnsmasq.
 
 Order matters a little: the last test takes the lab down and checks nothing is left.
 """
@@ -15,7 +15,7 @@ import paramiko
 import pytest
 
 from dsasdeploy.lab import Lab, faults, topology
-from dsasdeploy.lab.lab import meminfo
+from dsasdeploy.lab.lab import ipvs_rules, meminfo
 
 pytestmark = pytest.mark.lab
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -243,6 +243,49 @@ def test_frozen_guest_and_thaw(lab):
     finally:
         faults.thaw_guest(lab, "lb1")
     assert lab.client_get("/")[0] == 200
+
+
+def test_killed_director_comes_back_alone_through_up(lab):
+    """`dsas lab up` repairs a lab whose guest died: only that guest boots again, with its pinned
+    host key, and the director serves the lab's virtual service as before."""
+    before = {s.name: s for s in lab.status()}
+    faults.kill_guest(lab, "lb1")
+    assert lab.client_get("/", timeout=1)[0] == 0
+    web_pids = {h.name: lab.pid(f"{h.name}.ns") for h in lab.web_hosts()}
+    r = lab.up(web=3)
+    assert r["restarted"] == ["lb1"] and r["already_running"]
+    assert {h.name: lab.pid(f"{h.name}.ns") for h in lab.web_hosts()} == web_pids  # nothing else rebuilt
+    c = ssh_client(lab, lab.host("lb1").address)  # RejectPolicy: the same host key or no session
+    try:
+        table = remote(c, "ipvsadm -Sn")
+    finally:
+        c.close()
+    assert table == ipvs_rules(3)
+    assert lab.client_get("/")[0] == 200
+    assert [s.up for s in lab.status()] == [before[s.name].up for s in lab.status()]
+
+
+def test_killed_drbd_node_restarted_alone_rejoins_the_resource(lab):
+    faults.kill_guest(lab, "drbd-b")
+    t0 = time.time()
+    while lab.run("drbd-a", "drbdadm cstate r0").stdout.strip() == "Connected":
+        assert time.time() - t0 < 30, "drbd-a never noticed its peer is gone"
+        time.sleep(0.3)
+    p = subprocess.run([os.sys.executable, "-m", "dsasdeploy", "lab", "restart", "drbd-b"],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert p.returncode == 0 and p.stdout.startswith("drbd-b back in"), p.stdout + p.stderr
+    t0 = time.time()
+    while True:
+        state = {n: (lab.run(n, "drbdadm role r0").stdout.strip(), lab.run(n, "drbdadm cstate r0").stdout.strip(),
+                     lab.run(n, "drbdadm dstate r0").stdout.strip()) for n in ("drbd-a", "drbd-b")}
+        if state == {"drbd-a": ("Primary/Secondary", "Connected", "UpToDate/UpToDate"),
+                     "drbd-b": ("Secondary/Primary", "Connected", "UpToDate/UpToDate")}:
+            break
+        assert time.time() - t0 < 30, f"drbd-b did not rejoin: {state}"
+        time.sleep(0.5)
+    assert lab.http_get(*lab.drbd_service, "/hello.txt")[0] == 200
+    c = ssh_client(lab, lab.host("drbd-b").address)
+    c.close()
 
 
 def test_killed_drbd_peer_shows_on_the_primary(lab):
