@@ -37,6 +37,7 @@ class NodeState:
     mounted: bool = False
     has_service_ip: bool = False
     split_brain: bool = False
+    replication_path: str = "unknown"  # "ok" | "down" | "unknown": the peer's replication address answers
     managers: tuple[str, ...] = ()
     services_ok: dict = field(default_factory=dict)  # name -> bool (command checks)
 
@@ -67,6 +68,7 @@ def status_script(resource: DrbdResource) -> list[str]:
         f"if mountpoint -q {mnt} 2>/dev/null; then " + mark("mounted", "yes") + "; fi",
         "if dmesg 2>/dev/null | grep -q 'Split-Brain detected'; then " + mark("split_brain", "yes") + "; fi",
         "for m in pacemakerd drbd-reactor; do pidof $m >/dev/null 2>&1 && " + mark("manager", "$m") + "; done; true",
+        *replication_probe(resource),
     ]
     ip = resource.service_ip
     if ip is not None:
@@ -78,6 +80,29 @@ def status_script(resource: DrbdResource) -> list[str]:
                          + mark_literal("service_ok", f"{service.name} yes") + "; else "
                          + mark_literal("service_ok", f"{service.name} no") + "; fi")
     return lines
+
+
+def replication_probe(resource: DrbdResource) -> list[str]:
+    """Does the peer's replication address answer now? DRBD itself notices a dead link only at
+    its next ping (ping-int, 10 s by default) and says Connected meanwhile: a switchover must not
+    start on that. The address is the kernel's own (`drbdsetup show`: _remote_host); one ICMP echo
+    (ping) or, without ping, one ARP probe (arping, same subnet) on the route to it, 1 s each."""
+    r = q(resource.name)
+    return [
+        f"peer=$(drbdsetup show {r} 2>/dev/null | sed -n '/_remote_host/,/}}/s/.*address.*[ \\t]\\([0-9.]*\\):[0-9]*;.*/\\1/p' | head -n1)",
+        'path=unknown',
+        'if [ -n "$peer" ]; then',
+        '  if command -v ping >/dev/null 2>&1; then',
+        '    if ping -n -q -c 1 -W 1 "$peer" >/dev/null 2>&1; then path=ok; else path=down; fi',
+        '  elif command -v arping >/dev/null 2>&1; then',
+        '    dev=$(ip -o route get "$peer" 2>/dev/null | sed -n \'s/.* dev \\([^ ]*\\).*/\\1/p\')',
+        '    if [ -n "$dev" ]; then',
+        '      if arping -q -c 1 -w 1 -I "$dev" "$peer" >/dev/null 2>&1; then path=ok; else path=down; fi',
+        '    fi',
+        '  fi',
+        'fi',
+        mark("replication_path", "$path $peer"),
+    ]
 
 
 def parse_proc_drbd(text: str, minor: Optional[int] = None) -> dict:
@@ -161,6 +186,7 @@ def parse_status(stdout: str, resource: DrbdResource) -> NodeState:
             info["cstate"] = cstate
         if len(dstate) == 2 and dstate[0]:
             info["disk"], info["peer_disk"] = dstate
+    path = (markers.get("replication_path", ["unknown"])[0] or "unknown").split()[0]
     services = {}
     for value in markers.get("service_ok", []):
         name, _, ok = value.rpartition(" ")
@@ -172,6 +198,7 @@ def parse_status(stdout: str, resource: DrbdResource) -> NodeState:
         out_of_sync_kb=int(info.get("oos", proc_info.get("oos", 0)) or 0), sync_done=info.get("sync_done"),
         protocol=proc_info.get("protocol", ""), mounted="mounted" in markers,
         has_service_ip="service_ip" in markers, split_brain="split_brain" in markers,
+        replication_path=path if path in ("ok", "down") else "unknown",
         managers=tuple(markers.get("manager", [])), services_ok=services)
 
 
@@ -207,6 +234,9 @@ def switch_refusals(resource: DrbdResource, states: dict[str, Optional[NodeState
             reasons.append(f"{name}: split brain or StandAlone ({state.cstate}): a human must pick the victim")
         elif state.cstate != "Connected":
             reasons.append(f"{name}: not Connected ({state.cstate})")
+        elif state.replication_path == "down":
+            reasons.append(f"{name}: the replication link to its peer does not answer, though DRBD still says "
+                           f"Connected (it notices at its next ping): fix the link first")
         if state.syncing:
             reasons.append(f"{name}: a resync is running ({state.describe()})")
         if (state.disk, state.peer_disk) != ("UpToDate", "UpToDate"):
@@ -270,6 +300,23 @@ def promote(resource: DrbdResource) -> list[str]:
         f"[ \"$(drbdadm cstate {r} | tail -n1)\" = Connected ] || {{ echo 'refusing to promote: not Connected' >&2; exit 1; }}",
         f"[ \"$(drbdadm dstate {r} | tail -n1)\" = UpToDate/UpToDate ] || {{ echo 'refusing to promote: not UpToDate/UpToDate' >&2; exit 1; }}",
         f"case \"$(drbdadm role {r} | tail -n1)\" in */Primary) echo 'refusing to promote: the peer is still Primary' >&2; exit 1;; esac",
+        f"drbdadm primary {r}",
+        f"case \"$(drbdadm role {r} | tail -n1)\" in Primary*) ;; *) echo 'not Primary after promote' >&2; exit 1;; esac",
+    ]
+
+
+def reclaim(resource: DrbdResource) -> list[str]:
+    """Undo of a demote: make the ORIGINAL primary Primary again, Connected or not.
+
+    It held the newest data and the peer never became Primary (the walk back demotes the peer
+    before it gets here), so this is the one promote that cannot split the brain. Refused only if
+    this node's own view says the peer is Primary, or its disk is not UpToDate. Never --force."""
+    r = q(resource.name)
+    return [
+        f"role=$(drbdadm role {r} | tail -n1)",
+        "case \"$role\" in Primary*) exit 0;; */Primary) echo 'refusing to promote: the peer is Primary' >&2; exit 1;; esac",
+        f"case \"$(drbdadm dstate {r} | tail -n1)\" in UpToDate/*) ;; "
+        f"*) echo \"refusing to promote: local disk is not UpToDate ($(drbdadm dstate {r} | tail -n1))\" >&2; exit 1;; esac",
         f"drbdadm primary {r}",
         f"case \"$(drbdadm role {r} | tail -n1)\" in Primary*) ;; *) echo 'not Primary after promote' >&2; exit 1;; esac",
     ]

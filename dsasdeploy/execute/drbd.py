@@ -4,8 +4,9 @@ Switchover: pre-checks on BOTH nodes (refuse on any doubt), then the steps
     stop services -> unmount -> demote -> drop service IP      (on the primary)
     promote -> mount -> add service IP + gratuitous ARP -> start services -> health   (on the peer)
 each one round trip that re-reads what it changed, each timed and reported. A failed
-step walks back in reverse to the original primary; if that fails too: exit 4 with
-the exact state of both nodes and what a human must do. Never `--force`.
+step walks back in reverse to the original primary (the peer is demoted before the
+original primary is promoted again, Connected or not: it holds the newest data); if that
+fails too: exit 4 with the exact state of both nodes and what a human must do. Never `--force`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Step:
 STEPS = (
     Step("stop services", "source", cmd.stop_services, cmd.start_services),
     Step("unmount", "source", cmd.unmount, cmd.mount),
-    Step("demote", "source", cmd.demote, cmd.promote),
+    # undone by re-promoting the original primary even when disconnected (see cmd.reclaim)
+    Step("demote", "source", cmd.demote, cmd.reclaim),
     Step("drop service IP", "source", cmd.drop_ip, cmd.add_ip),
     Step("promote", "target", cmd.promote, cmd.demote),
     Step("mount", "target", cmd.mount, cmd.unmount),
@@ -177,6 +179,7 @@ class DrbdFlow:
                               f"nothing was changed")
         started = time.monotonic()
         done: list[Step] = []
+        attempted = False  # a step has started: from here on, a failure walks back
         try:
             self.lock(lock_wait)
             # the state may have moved while we waited for the lock: decide again, under it
@@ -186,10 +189,14 @@ class DrbdFlow:
                 raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(again)
                                   + "; nothing was changed")
             for step in STEPS:
+                attempted = True
                 self.run_step(step, hosts)
                 done.append(step)
         except BaseException as exc:
-            if not done and not isinstance(exc, KeyboardInterrupt) and "nothing was changed" in str(exc):
+            if not attempted:  # refused, or the lock is held: nothing to walk back
+                if isinstance(exc, KeyboardInterrupt):
+                    raise RemoteError(f"switchover of {self.resource.name} interrupted before its first "
+                                      f"step; nothing was changed") from None
                 raise
             with signals_deferred():
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
@@ -249,11 +256,14 @@ class DrbdFlow:
         if problems:
             states = self.read()
             state_text = "; ".join(f"{n}: {s.describe() if s else 'unreachable'}" for n, s in states.items())
+            source, target = hosts["source"].name, hosts["target"].name
             raise IncompleteRestore(
                 f"switchover of {self.resource.name} failed ({reason}) and walking back failed too: "
-                + "; ".join(problems) + f". State now: {state_text}. A human must: check that exactly one node "
-                f"is Primary and Connected before promoting anything (never --force), mount "
-                f"{self.resource.mount} and start the services there, and add the service IP.")
+                + "; ".join(problems) + f". State now: {state_text}. A human must: make sure {target} is "
+                f"Secondary (`drbdadm secondary {self.resource.name}` there); then on {source}, which holds "
+                f"the newest data, `drbdadm primary {self.resource.name}` (safe there even while the "
+                f"replication link is down; never on {target}, never --force), mount {self.resource.mount}, "
+                f"add the service IP and start the services; repair the link after: DRBD reconnects by itself.")
 
     # ---- the stage lock ----------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from .pool import run_parallel
 class PoolDriver(Protocol):
     def preflight(self, hosts: Sequence[Host]) -> None: ...
 
-    def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]: ...
+    def plan_drain(self, batch: Sequence[Host], cap: int, exempt: frozenset = frozenset()) -> list[dict]: ...
 
     def drain(self, records: list[dict]) -> None: ...
 
@@ -37,7 +37,7 @@ class NullDriver:
     def preflight(self, hosts):
         return None
 
-    def plan_drain(self, batch, cap):
+    def plan_drain(self, batch, cap, exempt=frozenset()):
         return []
 
     def drain(self, records):
@@ -128,10 +128,12 @@ class LvsDriver:
             return last
         return self.read_all()
 
-    def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]:
-        """Records of the weights to set to 0, from the live table; refused by the capacity guard."""
+    def plan_drain(self, batch: Sequence[Host], cap: int, exempt: frozenset = frozenset()) -> list[dict]:
+        """Records of the weights to set to 0, from the live table; refused by the capacity guard
+        (`exempt`: host names this run left out because they failed; they do not count against it)."""
         tables = self.fresh_tables()
         batch_rs = [self.rs(h) for h in batch]
+        exempt_rs = frozenset(self.rs(h) for h in self.flow.stage.hosts if h.name in exempt)
         records, problems = [], []
         for director, services in tables.items():
             for service in services.values():
@@ -141,7 +143,8 @@ class LvsDriver:
                 weights = {rs: real.weight for rs, real in service.reals.items()}
                 # a percentage applies to THIS service's pool, never more than the stage-wide cap
                 service_cap = min(cap, count_of(self.flow.stage.settings.rollout.max_unavailable, len(weights)))
-                refusal = capacity_refusal(f"{service.key} on {director}", weights, targets, service_cap)
+                refusal = capacity_refusal(f"{service.key} on {director}", weights, targets, service_cap,
+                                           exempt_rs)
                 if refusal:
                     problems.append(refusal)
                 for host in batch:
@@ -442,12 +445,12 @@ class HaproxyDriver:
         if missing:
             raise RemoteError(f"not servers of backend {self.settings.haproxy_backend}: {', '.join(missing)}")
 
-    def plan_drain(self, batch: Sequence[Host], cap: int) -> list[dict]:
+    def plan_drain(self, batch: Sequence[Host], cap: int, exempt: frozenset = frozenset()) -> list[dict]:
         problems = []
         for balancer, rows in self._rows().items():
             weights = {name: 1 if haproxy.in_service(row) else 0 for name, row in rows.items()}
             refusal = capacity_refusal(f"{self.settings.haproxy_backend} on {balancer}", weights,
-                                       [h.name for h in batch], cap)
+                                       [h.name for h in batch], cap, exempt)
             if refusal:
                 problems.append(refusal)
             for name, status in haproxy.taken_out(rows, [h.name for h in batch]).items():

@@ -57,6 +57,7 @@ class RollingFlow(ReleaseFlow):
         self.cap = max_unavailable(settings.rollout, self.pool_size)
         self.done: list[list[Host]] = []
         self.in_flight: Optional[InFlight] = None
+        self.left_out: set[str] = set()  # hosts this run keeps drained because they fail their health check
 
     # ---- entry points ------------------------------------------------------------------
 
@@ -127,7 +128,8 @@ class RollingFlow(ReleaseFlow):
         `done`: the batch is appended there at the same instant it stops being in flight.
         """
         self.in_flight = InFlight(batch)
-        self.in_flight.records = records if records is not None else self.driver.plan_drain(batch, self.cap)
+        self.in_flight.records = records if records is not None else \
+            self.driver.plan_drain(batch, self.cap, frozenset(self.left_out))
         if records is None:
             for record in self.in_flight.records:
                 self.journal.record("drain", **record)
@@ -164,16 +166,26 @@ class RollingFlow(ReleaseFlow):
                 self.records[host.name].outcome = "reverted"
         self._raise_on_failure("revert", results)
 
-    def restore(self, flight: InFlight) -> None:
-        self.driver.restore(flight.records)
-        for host in sorted({r["host"] for r in flight.records}):
+    def restore(self, flight: InFlight, keep_out: frozenset = frozenset()) -> None:
+        """Original weights back for the batch, except the hosts in `keep_out` (they stay drained)."""
+        records = [r for r in flight.records if r["host"] not in keep_out]
+        self.driver.restore(records)
+        for host in sorted({r["host"] for r in records}):
             self.journal.record("restored", host=host)
 
     def gates(self, batch: Sequence[Host], release_of: Callable[[Host], Optional[str]], warm: bool) -> None:
-        """Health (and warm, going forward) per host, against the host itself, in parallel."""
+        """Health (and warm, going forward) per host, against the host itself, in parallel;
+        RemoteError naming every host that failed."""
+        failures = self.gate_failures(batch, release_of, warm)
+        if failures:
+            raise RemoteError("; ".join(failures.values()))
+
+    def gate_failures(self, batch: Sequence[Host], release_of: Callable[[Host], Optional[str]],
+                      warm: bool) -> dict[str, str]:
+        """{host name: why its gate failed} for the hosts of `batch` that failed (empty: all passed)."""
         settings = self.stage.settings
         if settings.health is None and (settings.warm is None or not warm):
-            return
+            return {}
         port = (settings.health.port if settings.health and settings.health.port else None) or \
             (settings.lb.real_port if settings.lb else 80)
 
@@ -200,15 +212,13 @@ class RollingFlow(ReleaseFlow):
                     return f"{host.name}: warm-up gate failed: {result.reason}"
             return None
 
-        failures = [o.value if o.ok else f"{o.host.name}: gate error: {o.error}"
-                    for o in run_parallel(batch, check, self.limit, cancel=self.cancel)]
-        failures = [f for f in failures if f]
-        if failures:
-            for text in failures:
-                name = text.split(":", 1)[0]
-                if name in self.records:
-                    self.records[name].error = text
-            raise RemoteError("; ".join(failures))
+        failures = {o.host.name: o.value if o.ok else f"{o.host.name}: gate error: {o.error}"
+                    for o in run_parallel(batch, check, self.limit, cancel=self.cancel)}
+        failures = {name: text for name, text in failures.items() if text}
+        for name, text in failures.items():
+            if name in self.records:
+                self.records[name].error = text
+        return failures
 
     def memcached_servers(self) -> list[tuple[str, int]]:
         warm = self.stage.settings.warm
@@ -262,15 +272,19 @@ class RollingFlow(ReleaseFlow):
             except Exception as exc:  # noqa: BLE001
                 stuck.append(f"{names}: could not switch back ({exc})")
                 lost = True
-        if flight.switched:
-            try:
-                # after a lost host we cannot know which release it serves: require health only
-                self.gates(flight.batch, (lambda h: None) if lost else (lambda h: context_of(h).previous),
-                           warm=False)
-            except Exception as exc:  # noqa: BLE001
-                return stuck + [f"{names} left OUT of the pool (drained): not healthy after the way back: {exc}"]
+        # no host goes back into the pool unless it answers its health check now (switched or not:
+        # a host can be drained for its own reason); after a lost host we cannot know which release
+        # it serves: require health only
         try:
-            self.restore(flight)
+            sick = self.gate_failures(flight.batch, (lambda h: None) if lost or not flight.switched
+                                      else (lambda h: context_of(h).previous), warm=False)
+        except Exception as exc:  # noqa: BLE001
+            return stuck + [f"{names} left OUT of the pool (drained): its health could not be checked: {exc}"]
+        for name, why in sick.items():
+            self.left_out.add(name)
+            stuck.append(f"{why}: {name} is left OUT of the pool (drained) until it is healthy")
+        try:
+            self.restore(flight, keep_out=frozenset(sick))
         except Exception as exc:  # noqa: BLE001
             stuck.append(f"{names} may still be drained: restore failed: {exc}")
         return stuck

@@ -44,17 +44,20 @@ def plan_batches(hosts: Sequence[T], policy: RolloutPolicy, pool: int) -> list[l
     return batches
 
 
-def capacity_refusal(service: str, weights: dict[str, int], batch: Sequence[str], cap: int) -> str | None:
+def capacity_refusal(service: str, weights: dict[str, int], batch: Sequence[str], cap: int,
+                     exempt: frozenset = frozenset()) -> str | None:
     """Why draining `batch` from a service with these live weights is refused (None: allowed).
 
     Refused when no real server would be left in service, or when more than `cap`
-    (max_unavailable) would be out at once, counting servers someone already drained.
+    (max_unavailable) would be out at once, counting servers someone already drained, except
+    `exempt`: servers this run itself left out because they failed, which must not block the
+    rollback of the hosts still serving the failed release.
     """
     in_service = {rs for rs, weight in weights.items() if weight > 0}
     after = in_service - set(batch)
     if not after:
         return f"{service}: draining {', '.join(batch)} would leave no real server in service"
-    out = sorted(set(weights) - after)
+    out = sorted(set(weights) - after - set(exempt))
     if len(out) > cap:
         already = sorted(set(weights) - in_service)
         note = f" (already out: {', '.join(already)})" if already else ""

@@ -341,3 +341,34 @@ def test_recover_forward_finishes_the_interrupted_release(lab, env):
     assert weights(lab) == before
     log = Path(lab.host_path("web3", "/srv/labapp/revisions.log")).read_text().splitlines()
     assert log[-1].startswith("Branch ") and f"deployed as release {new} by " in log[-1]
+
+
+def test_a_host_sick_for_its_own_reason_stays_out_and_does_not_block_the_fleet_rollback(lab, env, tmp_path):
+    """web2 fails its health check whatever it serves. The rollout fails in batch 2; the fleet
+    rollback must still take the canary (web1) back to the good release although web2 is out (the
+    capacity guard counts web2 as out already), keep web2 drained, and say so (exit 4). `recover`
+    never puts web2 back while it is sick; once it is healthy, recover restores every weight."""
+    good = baseline(lab, env)
+    before = weights(lab)
+    faults.app_unhealthy(lab, "web2")
+    try:
+        load = ClientLoad(tmp_path)
+        result = dsas(env, "deploy", "lab", "--json")
+        traffic = load.finish()
+        assert result.returncode == 4, result.stderr
+        assert "web2 is left OUT of the pool" in result.stderr, result.stderr
+        assert currents(lab) == [good] * 3  # the canary went back to the good release too
+        assert weights(lab) == {**before, "10.77.2.12:8080": 0}
+        assert traffic["errors"] == 0, traffic
+        assert set(traffic["releases"]) <= {good, events(result.stdout)[-1].get("release") or good}
+
+        again = dsas(env, "recover", "lab", "--json")
+        assert again.returncode == 4, again.stderr
+        assert "web2 is left OUT of the pool" in again.stderr and "health check failed" in again.stderr
+        assert weights(lab)["10.77.2.12:8080"] == 0  # a sick host never goes back in
+    finally:
+        faults.app_healthy(lab, "web2")
+    healed = dsas(env, "recover", "lab", "--json")
+    assert healed.returncode == 0, healed.stderr
+    assert weights(lab) == before
+    assert currents(lab) == [good] * 3

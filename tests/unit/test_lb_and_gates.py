@@ -189,3 +189,13 @@ def test_expire_quiescent_template_is_read():
     assert lvs.parse_expire_quiescent_template(text) == 0
     assert lvs.parse_expire_quiescent_template(read_output()) is None
     assert lvs.parse_read(text)[0]["TCP 10.77.1.10:443"].persistent == 300
+
+
+def test_capacity_guard_exempts_servers_this_run_left_out():
+    """A host that failed for its own reason (left drained by the run) must not block the rollback
+    of the hosts still serving the failed release; the last server in service is still kept."""
+    weights = {"web1": 1, "web2": 0, "web3": 1}
+    assert "already out: web2" in capacity_refusal("svc", weights, ["web1"], cap=1)
+    assert capacity_refusal("svc", weights, ["web1"], cap=1, exempt=frozenset({"web2"})) is None
+    assert "no real server" in capacity_refusal("svc", {"web1": 1, "web2": 0}, ["web1"], cap=1,
+                                                exempt=frozenset({"web2"}))
