@@ -52,8 +52,9 @@ class NodeState:
                 f"{', mounted' if self.mounted else ''}{', has service IP' if self.has_service_ip else ''}")
 
 
-def status_script(resource: DrbdResource) -> list[str]:
-    """Everything about the resource on one node, in one round trip (read-only)."""
+def status_script(resource: DrbdResource, probe_link: bool = True) -> list[str]:
+    """Everything about the resource on one node, in one round trip (read-only); `probe_link`:
+    also whether the replication link answers now (up to 1 s more)."""
     r, mnt = q(resource.name), q(resource.mount)
     lines = [
         f"echo {q(SECTION + ' proc')}",
@@ -68,7 +69,7 @@ def status_script(resource: DrbdResource) -> list[str]:
         f"if mountpoint -q {mnt} 2>/dev/null; then " + mark("mounted", "yes") + "; fi",
         "if dmesg 2>/dev/null | grep -q 'Split-Brain detected'; then " + mark("split_brain", "yes") + "; fi",
         "for m in pacemakerd drbd-reactor; do pidof $m >/dev/null 2>&1 && " + mark("manager", "$m") + "; done; true",
-        *replication_probe(resource),
+        *(replication_probe(resource) if probe_link else []),
     ]
     ip = resource.service_ip
     if ip is not None:

@@ -124,6 +124,12 @@ class LbSettings(Model):
     real_port: int = Field(default=80, ge=1, le=65535)  # the port of each host in the pool
     drain_timeout: float = Field(default=30, gt=0)
     on_drain_timeout: Literal["fail", "proceed"] = "fail"
+    # one director/balancer command (read, edit, read-back): they take milliseconds, so a director
+    # that does not answer within this is silent; distinct from ssh.command_timeout (release steps)
+    command_timeout: float = Field(default=8, gt=0, le=300)
+    # real servers in the stage's pools that the stage does not list: their release and health
+    # are unknown to dsas (a forgotten server, another stage's): refuse the rollout, or warn
+    unknown_reals: Literal["refuse", "warn"] = "refuse"
     poll_interval: float = Field(default=0.5, gt=0)
     restore_steps: list[int] = Field(default=[100], min_length=1)  # weight ramp, % of original
     ramp_interval: float = Field(default=2, ge=0)

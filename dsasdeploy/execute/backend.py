@@ -106,7 +106,7 @@ def exec_channel(cxn: Connection, label: str, command: str, stdin: Optional[Path
     if transport is None or not transport.is_active():
         raise RemoteError(f"{label}: SSH connection lost")
     try:
-        channel = transport.open_session(timeout=cxn.connect_timeout or 30)
+        channel = transport.open_session(timeout=min(cxn.connect_timeout or 30, timeout))
         channel.exec_command(command)
     except Exception as exc:  # paramiko raises SSHException, EOFError, OSError here
         raise RemoteError(f"{label}: could not start the remote script: {exc}") from None

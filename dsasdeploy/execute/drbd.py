@@ -81,11 +81,12 @@ class DrbdFlow:
 
     # ---- reading ---------------------------------------------------------------------
 
-    def read(self) -> dict[str, Optional[cmd.NodeState]]:
-        """Both nodes' state; an unreachable node reads as None."""
+    def read(self, probe_link: bool = False) -> dict[str, Optional[cmd.NodeState]]:
+        """Both nodes' state; an unreachable node reads as None (`probe_link`: for the verdicts,
+        whether each node reaches its peer's replication address now)."""
         def one(host: Host) -> cmd.NodeState:
             self.backend.connect(host)
-            result = self.backend.run(host, cmd.status_script(self.resource))
+            result = self.backend.run(host, cmd.status_script(self.resource, probe_link))
             if not result.ok:
                 raise RemoteError(f"{host.name}: cannot read DRBD state: {result.stderr_tail()}")
             return cmd.parse_status(result.stdout, self.resource)
@@ -128,7 +129,7 @@ class DrbdFlow:
                 state = self.read().get(node)
 
     def status(self) -> FlowResult:
-        states = self.read()
+        states = self.read(probe_link=True)
         source, target = self.roles(states)
         refusals = cmd.switch_refusals(self.resource, states, source, target) if source and target else \
             [f"no single Primary: {_roles_text(states)}"]
@@ -149,7 +150,7 @@ class DrbdFlow:
     # ---- switching over --------------------------------------------------------------
 
     def switchover(self, to: Optional[str], dry_run: bool, lock_wait: float) -> FlowResult:
-        states = self.read()
+        states = self.read(probe_link=True)
         source, target = self.roles(states)
         if to is not None and to not in self.resource.nodes:
             raise UsageError(f"--to: '{to}' is not a node of {self.resource.name} ({', '.join(self.resource.nodes)})")
@@ -183,7 +184,7 @@ class DrbdFlow:
         try:
             self.lock(lock_wait)
             # the state may have moved while we waited for the lock: decide again, under it
-            states = self.read()
+            states = self.read(probe_link=True)
             again = cmd.switch_refusals(self.resource, states, source, target)
             if again:
                 raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(again)

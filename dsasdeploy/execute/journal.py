@@ -25,7 +25,12 @@ def journal_path(project_dir: Path, stage: str) -> Path:
 
 @dataclass
 class Journal:
+    """The controller's journal; `take_unshipped` hands the records not yet copied to the
+    directors (commands/fleet_journal.py) to the next director round trip."""
+
     path: Path
+    unshipped: list[str] = field(default_factory=list)
+    fresh: bool = False  # a run began since the last shipment: the directors start a new copy
 
     def records(self) -> list[dict]:
         if not self.path.exists():
@@ -49,6 +54,7 @@ class Journal:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             self.path.replace(self.path.with_suffix(".previous.jsonl"))
+        self.unshipped, self.fresh = [], True
         self.record("begin", **data)
 
     def record(self, event: str, **data: Any) -> None:
@@ -60,6 +66,24 @@ class Journal:
                 if out.read(1) != b"\n":  # the previous writer died mid-line
                     out.write(b"\n")
             out.write(line.encode() + b"\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self.unshipped.append(line)
+
+    def take_unshipped(self) -> tuple[list[str], bool]:
+        """(records not yet on the directors, whether they start a new run), and forget them."""
+        records, fresh = self.unshipped, self.fresh
+        self.unshipped, self.fresh = [], False
+        return records, fresh
+
+    def adopt(self, records: list[dict]) -> None:
+        """Make `records` (a run found on the directors) this controller's journal: the cache."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self.path.replace(self.path.with_suffix(".previous.jsonl"))
+        with open(self.path, "w") as out:
+            for record in records:
+                out.write(json.dumps(record) + "\n")
             out.flush()
             os.fsync(out.fileno())
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, Protocol, Sequence
 
+from ..commands import fleet_journal as fleet
 from ..commands.lb import haproxy, lvs
 from ..config.schema import LbSettings
 from ..errors import RemoteError, UsageError
 from ..inventory import Host
 from ..plan.provision import pick_weight
 from ..plan.rollout import capacity_refusal, count_of, ramp_weights
+from .director_calls import INTERRUPT_GRACE, DirectorCalls
 from .pool import run_parallel
 
 
@@ -30,8 +32,27 @@ class PoolDriver(Protocol):
 
     def restore(self, records: list[dict]) -> None: ...
 
+    def attach_journal(self, journal) -> None: ...
 
-class NullDriver:
+    def ship_journal(self) -> None: ...
+
+    def fleet_unfinished(self) -> Optional[tuple[str, list[dict]]]: ...
+
+
+class NoFleetJournal:
+    """Drivers without a copy of the journal on the balancers (nothing to ship or read)."""
+
+    def attach_journal(self, journal) -> None:
+        return None
+
+    def ship_journal(self) -> None:
+        return None
+
+    def fleet_unfinished(self, fresh_read: bool = False) -> Optional[tuple[str, list[dict]]]:
+        return None
+
+
+class NullDriver(NoFleetJournal):
     """lb.driver none: a plain rolling restart, nothing to drain."""
 
     def preflight(self, hosts):
@@ -55,6 +76,9 @@ class LvsDriver:
 
     def __init__(self, flow, directors: Sequence[Host], settings: LbSettings):
         self.flow, self.directors, self.settings = flow, tuple(directors), settings
+        self.calls = DirectorCalls(flow.backend, settings.command_timeout)
+        self.journal = None  # the run's journal, copied to every director with each edit
+        self.fleet_copies: dict[str, list[dict]] = {}  # director -> its copy, as the last read found it
         self.expire_quiescent: dict[str, Optional[int]] = {}
         if not self.directors:
             raise UsageError("lb.driver is 'lvs' but the stage has no host with role 'lb'")
@@ -62,10 +86,44 @@ class LvsDriver:
     def rs(self, host: Host) -> str:
         return f"{host.address}:{self.settings.real_port}"
 
-    def read_all(self) -> dict[str, dict[str, lvs.VirtualService]]:
-        """Every director's table, in one round trip each; any failure is an error."""
-        outcomes = run_parallel(self.directors, lambda d: self.flow.backend.run(d, lvs.read_script()),
-                                self.flow.limit)
+    # ---- the journal's copy on the directors (commands/fleet_journal.py) -----------------
+    def attach_journal(self, journal) -> None:
+        self.journal = journal
+
+    def _journal_lines(self, director: Host, shipment: tuple[list[str], bool]) -> list[str]:
+        records, fresh = shipment
+        return fleet.append_lines(director.deploy_to, self.flow.stage.name, records, fresh)
+
+    def _take_shipment(self) -> tuple[list[str], bool]:
+        return self.journal.take_unshipped() if self.journal is not None else ([], False)
+
+    def ship_journal(self) -> None:
+        """Copy the records no edit carried yet (e.g. `end`) to every director; best effort."""
+        shipment = self._take_shipment()
+        if not shipment[0]:
+            return
+        for outcome in run_parallel(self.directors, lambda d: self.calls.run(d, self._journal_lines(d, shipment)),
+                                    self.flow.limit, grace=INTERRUPT_GRACE):
+            if not outcome.ok or not outcome.value.ok:
+                reason = outcome.error or outcome.value.stderr_tail()
+                self.flow.bus.emit("warning", host=outcome.host.name,
+                                   message=f"could not copy the journal's end to this director: {reason}")
+
+    def fleet_unfinished(self, fresh_read: bool = False) -> Optional[tuple[str, list[dict]]]:
+        """(director, records) of an unfinished rolling release found on a director, else None
+        (the longest copy wins: a silent director may have missed the last records)."""
+        if fresh_read:
+            self.read_all(with_journal=True)
+        found = [(d, fleet.unfinished(records)) for d, records in sorted(self.fleet_copies.items())]
+        found = [(d, run) for d, run in found if run]
+        return max(found, key=lambda item: len(item[1])) if found else None
+
+    def read_all(self, with_journal: bool = False) -> dict[str, dict[str, lvs.VirtualService]]:
+        """Every director's table, in one round trip each; any failure is an error (`with_journal`:
+        the same round trip reads the director's copy of the journal too)."""
+        extra = (lambda d: fleet.read_lines(d.deploy_to, self.flow.stage.name)) if with_journal else (lambda d: [])
+        outcomes = run_parallel(self.directors, lambda d: self.calls.run(d, lvs.read_script() + extra(d)),
+                                self.flow.limit, grace=INTERRUPT_GRACE)
         tables, problems = {}, []
         for outcome in outcomes:
             name = outcome.host.name
@@ -84,6 +142,8 @@ class LvsDriver:
                                 f"or 'raw'")
             tables[name] = services
             self.expire_quiescent[name] = lvs.parse_expire_quiescent_template(outcome.value.stdout)
+            if with_journal:
+                self.fleet_copies[name] = fleet.parse(outcome.value.stdout)
         if problems:
             raise RemoteError("; ".join(problems))
         return tables
@@ -94,8 +154,8 @@ class LvsDriver:
 
     def preflight(self, hosts: Sequence[Host]) -> None:
         """Refuse before any change: unknown real servers, drifted directors, hash schedulers."""
-        tables = self.read_all()
-        problems = []
+        tables = self.read_all(with_journal=True)
+        problems = self.unknown_reals(tables, hosts)
         for host in hosts:
             member = self.memberships(tables, host)
             views = {d: sorted((s.key, s.reals[self.rs(host)].method) for s in services)
@@ -119,6 +179,29 @@ class LvsDriver:
                         f"drained server, so drains may run into drain_timeout; set it to 1"))
         if problems:
             raise RemoteError("; ".join(dict.fromkeys(problems)))
+
+    def unknown_reals(self, tables: dict[str, dict[str, lvs.VirtualService]], hosts: Sequence[Host]) -> list[str]:
+        """Real servers in service in the pools of `hosts` that the stage does not know: refused (or
+        warned about, lb.unknown_reals: warn), since dsas cannot tell what they serve."""
+        known = {self.rs(h) for h in self.flow.stage.hosts}
+        ours = {self.rs(h) for h in hosts}
+        problems = []
+        for director, services in tables.items():
+            for service in services.values():
+                if not ours & set(service.reals):
+                    continue
+                strangers = sorted(rs for rs, real in service.reals.items() if rs not in known and real.weight > 0)
+                if not strangers:
+                    continue
+                text = (f"{director}: {service.key} also sends traffic to {len(strangers)} real server(s) stage "
+                        f"'{self.flow.stage.name}' does not list ({', '.join(strangers[:5])}"
+                        f"{', ...' if len(strangers) > 5 else ''}): their release and health are unknown; add "
+                        f"them to the stage, take them out of the pool, or set lb.unknown_reals: warn")
+                if self.settings.unknown_reals == "warn":
+                    self.flow.bus.emit("warning", host=director, message=text)
+                else:
+                    problems.append(text)
+        return problems
 
     def fresh_tables(self, max_age: float = 2.0) -> dict[str, dict[str, lvs.VirtualService]]:
         """Every director's table: the read-back of our own last edit if it is seconds old and
@@ -168,6 +251,7 @@ class LvsDriver:
         for record in records:
             by_director.setdefault(record["director"], []).append(record)
         directors = [d for d in self.directors if d.name in by_director]
+        shipment = self._take_shipment()  # the journal's new records go first, in the same round trip
 
         def edit(director: Host):
             edits = []
@@ -176,12 +260,12 @@ class LvsDriver:
                 service = lvs.VirtualService(proto, address, "")
                 real = lvs.RealServer(r["real"], r["method"], r["weight"], r["upper"], r["lower"])
                 edits.append((service, real, weight_of(r)))
-            return self.flow.backend.run(director, lvs.set_weights_script(edits))
+            return self.calls.run(director, self._journal_lines(director, shipment) + lvs.set_weights_script(edits))
 
         problems = []
         self.last_read: dict[str, dict[str, lvs.VirtualService]] = {}
         self.last_read_at = time.monotonic()
-        for outcome in run_parallel(directors, edit, self.flow.limit):
+        for outcome in run_parallel(directors, edit, self.flow.limit, grace=INTERRUPT_GRACE):
             name = outcome.host.name
             if not outcome.ok or not outcome.value.ok:
                 reason = outcome.error or outcome.value.stderr_tail()
@@ -289,13 +373,13 @@ class LvsDriver:
         directors = [d for d in self.directors if changes.get(d.name)]
 
         def change(director: Host) -> dict[str, lvs.VirtualService]:
-            result = self.flow.backend.run(director, lvs.membership_script(changes[director.name]))
+            result = self.calls.run(director, lvs.membership_script(changes[director.name]))
             if not result.ok:
                 raise RemoteError(f"ipvsadm failed: {result.stderr_tail()}")
             return lvs.parse_read(result.stdout)[0]  # a ValueError here is reported like any failure
 
         tables, problems = {}, []
-        for outcome in run_parallel(directors, change, self.flow.limit):
+        for outcome in run_parallel(directors, change, self.flow.limit, grace=INTERRUPT_GRACE):
             if not outcome.ok:
                 problems.append(f"{outcome.host.name}: {outcome.error}")
                 continue
@@ -328,13 +412,13 @@ class LvsDriver:
         rs = self.rs(host)
 
         def one(director: Host) -> list[str]:
-            read = self.flow.backend.run(director, lvs.read_script())
+            read = self.calls.run(director, lvs.read_script())
             if not read.ok:
                 raise RemoteError(f"cannot read the IPVS table: {read.stderr_tail()}")
             keys = [s.key for s in lvs.parse_read(read.stdout)[0].values() if rs in s.reals]
             if not keys:
                 return []
-            done = self.flow.backend.run(director, lvs.membership_script(
+            done = self.calls.run(director, lvs.membership_script(
                 [lvs.delete_real_argv(key, rs) for key in keys]))
             if not done.ok:
                 raise RemoteError(f"ipvsadm -d failed: {done.stderr_tail()}")
@@ -344,7 +428,7 @@ class LvsDriver:
             return keys
 
         where, problems = [], []
-        for outcome in run_parallel(self.directors, one, self.flow.limit):
+        for outcome in run_parallel(self.directors, one, self.flow.limit, grace=INTERRUPT_GRACE):
             if outcome.ok:
                 where += [f"{outcome.host.name} {key}" for key in outcome.value]
             else:
@@ -389,6 +473,7 @@ class MaintenanceFileDriver(LvsDriver):
             time.sleep(self.settings.poll_interval)
 
     def drain(self, records: list[dict]) -> None:
+        self.ship_journal()  # no director edit carries it here: the copy goes first, on its own
         self._touch(records, True)
         self._await(records, lambda r: 0)
 
@@ -398,18 +483,20 @@ class MaintenanceFileDriver(LvsDriver):
             self._await(records, lambda r: r["weight"])
 
 
-class HaproxyDriver:
+class HaproxyDriver(NoFleetJournal):
     """HAProxy runtime API over SSH on every lb host: drain, wait sessions 0, ready."""
 
     def __init__(self, flow, balancers: Sequence[Host], settings: LbSettings):
         self.flow, self.balancers, self.settings = flow, tuple(balancers), settings
+        self.calls = DirectorCalls(flow.backend, settings.command_timeout)
         if not self.balancers:
             raise UsageError("lb.driver is 'haproxy' but the stage has no host with role 'lb'")
 
     def _api(self, commands: list[str]) -> dict[str, str]:
         script = haproxy.api_script(self.settings.haproxy_socket, commands)
         answers, problems = {}, []
-        for outcome in run_parallel(self.balancers, lambda b: self.flow.backend.run(b, script), self.flow.limit):
+        for outcome in run_parallel(self.balancers, lambda b: self.calls.run(b, script), self.flow.limit,
+                                    grace=INTERRUPT_GRACE):
             if not outcome.ok or not outcome.value.ok:
                 problems.append(f"{outcome.host.name}: HAProxy runtime API failed: "
                                 f"{outcome.error or outcome.value.stderr_tail()}")

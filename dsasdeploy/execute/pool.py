@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, Optional, Sequence, TypeVar
@@ -61,11 +61,14 @@ def signals_held() -> Iterator[None]:
 
 
 def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int,
-                 cancel: Optional["threading.Event"] = None) -> list[HostOutcome[T]]:
+                 cancel: Optional["threading.Event"] = None,
+                 grace: Optional[float] = None) -> list[HostOutcome[T]]:
     """Run `work(host)` for every host, at most `limit` at once; never raises per-host errors.
 
     A KeyboardInterrupt in the caller lets the running calls finish (a half-run
-    remote script is worse than a finished one) and re-raises after they do.
+    remote script is worse than a finished one) and re-raises after they do; with `grace`,
+    it waits at most that long (director commands: short, idempotent, bounded by their own
+    timeout) so that Ctrl-C answers at once even when a director hangs.
     """
     if not hosts:
         return []
@@ -85,7 +88,10 @@ def run_parallel(hosts: Sequence[Host], work: Callable[[Host], T], limit: int,
         if cancel is not None:
             cancel.set()  # waiting loops (health gates, drains) stop early instead of running on
         with signals_deferred():
-            executor.shutdown(wait=True)
+            if grace is None:
+                executor.shutdown(wait=True)
+            else:
+                wait(futures, timeout=grace)
         raise
     finally:
         executor.shutdown(wait=False)

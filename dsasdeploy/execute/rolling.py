@@ -53,6 +53,7 @@ class RollingFlow(ReleaseFlow):
         self.aux_hosts += tuple(h for h in self.stage.hosts_with_role("lb") if h.name not in names)
         state_dir(self.stage.project_dir).check()  # the journal's home: an unusable one is exit 2, now
         self.journal = Journal(journal_path(self.stage.project_dir, self.stage.name))
+        self.driver.attach_journal(self.journal)  # its copy on the directors travels with each edit
         self.pool_size = len(self.stage.release_hosts())
         self.cap = max_unavailable(settings.rollout, self.pool_size)
         self.done: list[list[Host]] = []
@@ -85,6 +86,14 @@ class RollingFlow(ReleaseFlow):
 
     def preflight_pool(self) -> None:
         self.driver.preflight(self.hosts)
+        found = self.driver.fleet_unfinished()  # read by the preflight, no extra round trip
+        if found:
+            director, records = found
+            begin = records[0]
+            raise LockHeld(f"the directors hold an unfinished rolling release of stage '{self.stage.name}' "
+                           f"(release {begin.get('release')}, from {begin.get('controller', '?')} pid "
+                           f"{begin.get('pid', '?')}, since {begin.get('time', '?')[:19]}; copy on {director}): "
+                           f"servers may be drained; run `dsas recover {self.stage.name}` first (from anywhere)")
         if self.stage.settings.health is None:
             self.bus.emit("warning", message="no health check configured (health:): hosts rejoin the pool "
                                              "as soon as their restart command succeeds")
@@ -115,6 +124,7 @@ class RollingFlow(ReleaseFlow):
 
     def completed(self, outcome: str) -> None:
         self.journal.end(outcome)
+        self.driver.ship_journal()
 
     # ---- one batch ---------------------------------------------------------------------
 
@@ -256,6 +266,7 @@ class RollingFlow(ReleaseFlow):
                                     + f". The journal {self.journal.path} keeps the original weights: fix the "
                                     f"hosts, then `dsas recover {self.stage.name}`")
         self.journal.end("rolled_back")
+        self.driver.ship_journal()
 
     def _undo_in_flight(self, flight: InFlight, context_of, already_back: bool = False) -> list[str]:
         """Put a drained batch back: switch back if switched, check the old release, restore.
@@ -298,8 +309,16 @@ class RollingFlow(ReleaseFlow):
         and switches + restarts every host the crashed run may have touched.
         """
         records = self.journal.unfinished()
+        if not records:  # not here: this may be another checkout or CI workspace; ask the directors
+            found = self.driver.fleet_unfinished(fresh_read=True)
+            if found:
+                director, records = found
+                self.journal.adopt(records)
+                self.bus.emit("warning", host=director, message=(
+                    f"no unfinished run in {self.journal.path}; recovering the one recorded on {director}"))
         if not records:
-            return FlowResult(ExitStatus.OK, f"nothing to recover: no unfinished rolling release of '{self.stage.name}'")
+            return FlowResult(ExitStatus.OK, f"nothing to recover: no unfinished rolling release of '{self.stage.name}' "
+                              f"(here or on the directors)")
         state = JournalState.replay(records)
         begin = state.begin
         owner_alive = begin.get("controller") == socket.gethostname() and begin.get("pid") and \
@@ -365,6 +384,7 @@ class RollingFlow(ReleaseFlow):
             if stuck:
                 raise IncompleteRestore("; ".join(stuck) + f"; the journal {self.journal.path} is kept")
             self.journal.end("recovered_forward" if forward else "recovered_back")
+            self.driver.ship_journal()
         where = f"release {release}" if forward else "the release each host had before"
         for host in self.hosts:
             self.records[host.name].outcome, self.records[host.name].release = "recovered", target(host)

@@ -198,11 +198,17 @@ class SessionFactory:
             self._gateway.close()
 
 
+KEEPALIVE_SECONDS = 5  # a dead peer shows as a dead transport, not as a command that never ends
+
+
 def open_connection(cxn: Connection, label: str) -> None:
-    """Open with every failure turned into one line naming the host."""
+    """Open with every failure turned into one line naming the host; SSH keepalives on."""
     where = f"{label} ({cxn.user}@{cxn.host}:{cxn.port})"
     try:
         cxn.open()
+        transport = cxn.client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(KEEPALIVE_SECONDS)
     except HostKeyError as exc:
         raise HostKeyError(f"{label}: {exc}") from None
     except paramiko.BadHostKeyException as exc:

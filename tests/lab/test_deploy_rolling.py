@@ -372,3 +372,105 @@ def test_a_host_sick_for_its_own_reason_stays_out_and_does_not_block_the_fleet_r
     assert healed.returncode == 0, healed.stderr
     assert weights(lab) == before
     assert currents(lab) == [good] * 3
+
+
+def test_a_silent_director_fails_within_seconds_and_recover_repairs_it(lab, env):
+    """lb1 freezes while web1 is drained: no command to it may hang the run (lb.command_timeout,
+    8 s); dsas says lb1 is silent and what it left, exits 4; once lb1 answers, recover restores."""
+    good = baseline(lab, env)
+    before = weights(lab)
+    proc, _ = _run_until(env, ["deploy", "lab", "--json"],
+                         lambda e: e["type"] == "lb" and e.get("host") == "web1" and e["status"] == "drained")
+    faults.freeze_guest(lab, "lb1")
+    frozen_at = time.monotonic()
+    try:
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=180)
+        took = time.monotonic() - frozen_at
+    finally:
+        faults.thaw_guest(lab, "lb1")
+    print(f"\ndirector silent -> dsas exit: {took:.1f} s")
+    assert proc.returncode == 4, err
+    assert "lb1" in err and ("did not answer" in err or "silent" in err), err
+    assert events(out)[-1]["type"] == "summary"
+    assert took < 30 * lab.time_factor  # the director timeout (8 s) plus web1's way back, not 300 s
+    result = dsas(env, "recover", "lab", "--json")
+    assert result.returncode == 0, result.stderr
+    assert weights(lab) == before
+    assert currents(lab) == [good] * 3
+
+
+def test_ctrl_c_answers_while_a_director_hangs(lab, env):
+    good = baseline(lab, env)
+    before = weights(lab)
+    proc, _ = _run_until(env, ["deploy", "lab", "--json"],
+                         lambda e: e["type"] == "lb" and e.get("host") == "web1" and e["status"] == "drained")
+    faults.freeze_guest(lab, "lb1")
+    try:
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        interrupted_at = time.monotonic()
+        summary_after = None
+        for line in proc.stdout:
+            if line.startswith("{") and json.loads(line)["type"] == "summary":
+                summary_after = time.monotonic() - interrupted_at
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+        exited_after = time.monotonic() - interrupted_at
+    finally:
+        faults.thaw_guest(lab, "lb1")
+    print(f"\nSIGINT -> summary {summary_after:.1f} s, -> exit {exited_after:.1f} s")
+    assert proc.returncode in (1, 4), err
+    assert summary_after is not None and summary_after < 10 * lab.time_factor, err
+    assert exited_after < 20 * lab.time_factor
+    if proc.returncode == 4:
+        assert "lb1" in err
+    recovered = dsas(env, "recover", "lab")
+    assert recovered.returncode == 0, recovered.stderr
+    assert weights(lab) == before and currents(lab) == [good] * 3
+
+
+def test_a_pool_larger_than_the_stage_is_refused(lab, env):
+    """Real servers in the VIP's pool that the stage does not list: their release and health are
+    unknown (the 70 % failed requests of issue 13 came from such a pool), so the rollout refuses."""
+    good = baseline(lab, env)
+    before = weights(lab)
+    strangers = ["10.77.2.98:8080", "10.77.2.99:8080"]
+    for rs in strangers:
+        lab.run("lb1", f"ipvsadm -a -t 10.77.1.10:80 -r {rs} -m -w 1")
+    try:
+        result = dsas(env, "deploy", "lab")
+        assert result.returncode == 1, result.stderr
+        assert "does not list (10.77.2.98:8080, 10.77.2.99:8080)" in result.stderr, result.stderr
+        assert "lb.unknown_reals" in result.stderr
+        assert currents(lab) == [good] * 3
+    finally:
+        for rs in strangers:
+            lab.run("lb1", f"ipvsadm -d -t 10.77.1.10:80 -r {rs}", check=False)
+    assert weights(lab) == before
+
+
+def test_recover_from_another_checkout_reads_the_journal_on_the_director(lab, env, tmp_path):
+    """The controller that ran the deploy is gone (SIGKILL, and its state dir with it): a deploy
+    from a fresh workspace refuses and names recover; recover there finds the run on lb1."""
+    good = baseline(lab, env)
+    before = weights(lab)
+    proc, _ = _run_until(env, ["deploy", "lab", "--revision", "slow-start", "--json"],
+                         lambda e: e["type"] == "lb" and e.get("host") == "web2" and e["status"] == "drained")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert weights(lab)["10.77.2.12:8080"] == 0
+    elsewhere = {**env, "DSAS_STATE_DIR": str(tmp_path / "fresh-ci-workspace"),
+                 "DSAS_CACHE_DIR": str(tmp_path / "fresh-cache")}
+    refused = dsas(elsewhere, "deploy", "lab")
+    assert refused.returncode == 3, refused.stderr
+    assert "directors hold an unfinished rolling release" in refused.stderr and "dsas recover lab" in refused.stderr
+    result = dsas(elsewhere, "recover", "lab", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "recovering the one recorded on lb1" in result.stdout
+    assert weights(lab) == before
+    assert currents(lab) == [good] * 3
+    assert not any(Path(lab.host_path(h, "/srv/labapp/.dsas-lock")).exists() for h in ("web1", "web2", "web3"))
+    again = dsas(elsewhere, "deploy", "lab", "--revision", "v1")
+    assert again.returncode == 0, again.stderr  # the copy on lb1 now ends: nothing blocks deploys

@@ -1,0 +1,60 @@
+"""The journal's copy on the directors: builders run under a real sh, parsed back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from dsasdeploy.commands import fleet_journal as fleet
+from dsasdeploy.execute.journal import Journal
+
+
+def sh(lines: list[str]) -> str:
+    return subprocess.run(["sh", "-ec", "\n".join(lines)], capture_output=True, text=True, check=True).stdout
+
+
+def test_records_round_trip_through_the_directors_copy(tmp_path):
+    deploy_to = str(tmp_path / "srv" / "app")
+    hostile = {"event": "drain", "host": "web1", "note": "it's $(rm -rf /) `x` \"q\" \\ %s %d"}
+    lines = [json.dumps({"event": "begin", "release": "1"}), json.dumps(hostile)]
+    sh(fleet.append_lines(deploy_to, "prod", lines, fresh=True))
+    sh(fleet.append_lines(deploy_to, "prod", [json.dumps({"event": "restored", "host": "web1"})], fresh=False))
+    records = fleet.parse(sh(fleet.read_lines(deploy_to, "prod")))
+    assert [r["event"] for r in records] == ["begin", "drain", "restored"]
+    assert records[1] == hostile
+    assert fleet.unfinished(records) == records
+    sh(fleet.append_lines(deploy_to, "prod", [json.dumps({"event": "end"})], fresh=False))
+    assert fleet.unfinished(fleet.parse(sh(fleet.read_lines(deploy_to, "prod")))) is None
+    # a new run starts a new copy and keeps the last one beside it
+    sh(fleet.append_lines(deploy_to, "prod", [json.dumps({"event": "begin", "release": "2"})], fresh=True))
+    records = fleet.parse(sh(fleet.read_lines(deploy_to, "prod")))
+    assert records == [{"event": "begin", "release": "2"}]
+    assert (tmp_path / "srv" / "app" / ".dsas-journal" / "prod.jsonl.previous").exists()
+
+
+def test_no_copy_reads_as_nothing(tmp_path):
+    assert fleet.parse(sh(fleet.read_lines(str(tmp_path), "prod"))) == []
+    assert fleet.unfinished([]) is None
+    assert fleet.append_lines(str(tmp_path), "prod", [], fresh=True) == []
+
+
+def test_only_the_last_run_counts():
+    runs = [{"event": "begin", "release": "1"}, {"event": "end"}, {"event": "begin", "release": "2"},
+            {"event": "drain", "host": "web2"}]
+    assert fleet.unfinished(runs) == runs[2:]
+
+
+def test_journal_hands_each_record_to_the_directors_once(tmp_path):
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.begin(release="1")
+    journal.record("drain", host="web1")
+    records, fresh = journal.take_unshipped()
+    assert fresh and [json.loads(r)["event"] for r in records] == ["begin", "drain"]
+    assert journal.take_unshipped() == ([], False)
+    journal.end("done")
+    records, fresh = journal.take_unshipped()
+    assert not fresh and json.loads(records[0])["event"] == "end"
+    copy = [json.loads(line) for line in (tmp_path / "j.jsonl").read_text().splitlines()]
+    other = Journal(tmp_path / "other.jsonl")
+    other.adopt(copy[:2])
+    assert [r["event"] for r in other.unfinished()] == ["begin", "drain"]
