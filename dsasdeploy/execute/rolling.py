@@ -352,7 +352,10 @@ class RollingFlow(ReleaseFlow):
         if unknown:
             raise IncompleteRestore(f"{', '.join(unknown)} had no release before the interrupted run: there is "
                                     f"nothing to go back to; use `dsas recover {self.stage.name} --forward`")
-        change = {h.name for h in self.hosts if h.name in state.switched or probes[h.name].current != target(h)}
+        # a host switched and still drained may not have restarted: switch (and restart) it again; a
+        # host switched and restored finished its batch: only its `current` decides (no re-drain)
+        change = {h.name for h in self.hosts if (h.name in state.switched and h.name in state.drained)
+                  or probes[h.name].current != target(h)}
         stuck: list[str] = []
         with signals_deferred():
             drained = [h for h in self.hosts if h.name in state.drained]

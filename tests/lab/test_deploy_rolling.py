@@ -336,6 +336,8 @@ def test_recover_forward_finishes_the_interrupted_release(lab, env):
     proc.wait()
     result = dsas(env, "recover", "lab", "--forward", "--json")
     assert result.returncode == 0, result.stderr
+    redrained = [e["host"] for e in events(result.stdout) if e["type"] == "lb" and e["status"] == "drained"]
+    assert "web1" not in redrained  # the canary had finished its batch: it stays in service
     new = events(result.stdout)[-1]["release"]
     assert currents(lab) == [new] * 3
     assert weights(lab) == before
