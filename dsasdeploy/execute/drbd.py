@@ -11,12 +11,15 @@ fails too: exit 4 with the exact state of both nodes and what a human must do. N
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..commands import drbd as cmd
+from ..commands import fleet_journal as fleet
 from ..commands import lock as lockcmd
 from ..commands.base import q
 from ..config.schema import DrbdResource
@@ -24,6 +27,7 @@ from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageE
 from ..inventory import Host
 from ..status import ExitStatus
 from .flow import FlowResult, ReleaseFlow
+from .journal import Journal, journal_path
 from .pool import run_parallel, signals_deferred, signals_held
 
 Builder = Callable[[DrbdResource], list[str]]
@@ -78,6 +82,47 @@ class DrbdFlow:
         by_name = {h.name: h for h in flow.stage.hosts}
         self.nodes = [by_name[n] for n in resource.nodes]
         self.bus, self.backend = flow.bus, flow.backend
+        # the switchover's journal: here, and a copy on each node (the record of a step travels
+        # with the step's own script, to the node it runs on): `dsas drbd recover` reads them
+        self.journal_name = f"drbd-{flow.stage.name}-{resource.name}"
+        self.journal = Journal(journal_path(flow.stage.project_dir, self.journal_name))
+
+    # ---- the switchover journal ------------------------------------------------------
+
+    def _ship_lines(self, host: Host) -> list[str]:
+        records, fresh = self.journal.take_unshipped()
+        return fleet.append_lines(host.deploy_to, self.journal_name, records, fresh)
+
+    def _ship_to_nodes(self) -> None:
+        """The records not yet on the nodes (begin, end) to both, in one round trip each; best effort."""
+        records, fresh = self.journal.take_unshipped()
+        if not records:
+            return
+        for outcome in run_parallel(self.nodes, lambda h: self.backend.run(
+                h, fleet.append_lines(h.deploy_to, self.journal_name, records, fresh)), 2):
+            if not outcome.ok or not outcome.value.ok:
+                self.bus.emit("warning", host=outcome.host.name, message="could not copy the switchover journal here")
+
+    def unfinished_run(self) -> Optional[tuple[str, list[dict]]]:
+        """(where, records) of a switchover that never ended: this controller's journal first,
+        else the nodes' copies merged (each node holds the steps that ran on it)."""
+        records = self.journal.unfinished()
+        if records:
+            return str(self.journal.path), records
+        copies = {}
+        for outcome in run_parallel(self.nodes, lambda h: self.backend.run(
+                h, fleet.read_lines(h.deploy_to, self.journal_name)), 2):
+            if outcome.ok and outcome.value.ok:
+                copies[outcome.host.name] = fleet.unfinished(fleet.parse(outcome.value.stdout)) or []
+        runs = {}
+        for node, run in copies.items():
+            for record in run:
+                runs.setdefault(run[0].get("token"), []).append(record)
+        if not runs:
+            return None
+        token, merged = max(runs.items(), key=lambda item: len(item[1]))
+        merged = sorted({json.dumps(r, sort_keys=True): r for r in merged}.values(), key=lambda r: r.get("time", ""))
+        return f"the copies on {', '.join(sorted(copies))}", merged
 
     # ---- reading ---------------------------------------------------------------------
 
@@ -162,6 +207,13 @@ class DrbdFlow:
         if source and not refusals:
             refusals += [f"services on {source} are not healthy now: {p}" for p in
                          self.services_healthy(source, states[source])]
+        unfinished = self.unfinished_run()
+        if unfinished:
+            where, records = unfinished
+            raise LockHeld(f"an earlier switchover of {self.resource.name} never finished (from "
+                           f"{records[0].get('source')} to {records[0].get('target')}, since "
+                           f"{records[0].get('time', '?')[:19]}; journal: {where}): run `dsas drbd recover "
+                           f"{self.flow.stage.name}` first; nothing was changed")
         refusals += self.stage_lock_problems()
         if refusals:
             raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(refusals)
@@ -189,6 +241,9 @@ class DrbdFlow:
             if again:
                 raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(again)
                                   + "; nothing was changed")
+            self.journal.begin(resource=self.resource.name, source=source, target=target, token=self.flow.token,
+                               pid=os.getpid(), controller=socket.gethostname())
+            self._ship_to_nodes()
             for step in STEPS:
                 attempted = True
                 self.run_step(step, hosts)
@@ -202,11 +257,15 @@ class DrbdFlow:
             with signals_deferred():
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
                 self.walk_back(done, exc, hosts, reason)
+                self.journal.end("walked_back")
+                self._ship_to_nodes()
             raise RemoteError(f"switchover of {self.resource.name} failed ({reason}); walked back: {source} is "
                               f"the Primary again, services answer") from None
         finally:
             with signals_deferred():
                 self.unlock()
+        self.journal.end("switched")
+        self._ship_to_nodes()
         seconds = time.monotonic() - started
         return FlowResult(ExitStatus.OK, f"{self.resource.name} switched over from {source} to {target} "
                           f"in {seconds:.1f}s; services answer on the new primary")
@@ -224,8 +283,9 @@ class DrbdFlow:
             lines = (step.undo if undo else step.build)(self.resource)
             if not lines:
                 return
+            self.journal.record("step", name=step.name, on=host.name, undo=undo)
             with signals_held():  # e.g. `drbdadm primary` finishes before any walk back starts
-                result = self.backend.run(host, lines)
+                result = self.backend.run(host, self._ship_lines(host) + lines)
             ok, reason = result.ok, result.stderr_tail() or f"exit {result.exit_code}"
         seconds = round(time.monotonic() - started, 3)
         self.bus.emit("drbd_step", host=host.name, phase=name, status="ok" if ok else "failed", seconds=seconds,

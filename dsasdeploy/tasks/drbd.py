@@ -56,4 +56,24 @@ def switchover(c, stage, resource=None, to=None, dry_run=False, json=False, repo
                body, pick_hosts=_nodes(resource))
 
 
-ns = Collection("drbd", status, switchover)
+@task(positional=["stage"], auto_shortflags=False,
+      help={**_HELP, "to": "With no Primary and no journal: the node to promote (after checking its data)."})
+def recover(c, stage, resource=None, to=None, json=False, report=None, accept_new_host_keys=False):
+    """After a switchover that died: one Primary serving again, its stage lock released.
+
+    Reads the switchover journal (here, else the copies on the nodes). One Primary: it serves.
+    None: the journal's original primary is promoted (disconnected only if the peer never began
+    its promote). Two: split brain, exit 4 for a human. Never uses --force.
+    """
+    def body(flow, stage_obj, confirm):
+        from ..execute.drbd_recover import recover as recover_resource
+
+        res = pick_resource(stage_obj.settings.drbd, resource, stage)
+        flow.bus.emit("run_started", command="drbd.recover", hosts=list(res.nodes))
+        return recover_resource(DrbdFlow(flow, res), to)
+
+    run_remote("drbd.recover", stage, Options(json=json, report=report, accept_new_host_keys=accept_new_host_keys),
+               body, pick_hosts=_nodes(resource))
+
+
+ns = Collection("drbd", status, switchover, recover)

@@ -211,3 +211,35 @@ def test_link_lost_during_switchover_walks_back_to_the_original_primary(pair, en
     finally:
         lab.run("drbd-a", "drbdadm connect r0", check=False)
         lab.run("drbd-b", "drbdadm connect r0", check=False)
+
+
+def test_killed_switchover_is_recovered_from_anywhere(pair, env, tmp_path):
+    """SIGKILL right after the demote: no Primary, the service down, the stage lock held. The next
+    switchover refuses and names recover; `dsas drbd recover` from another workspace (the
+    journal's copies on the nodes) makes drbd-a Primary and serving again and frees the lock."""
+    lab = pair
+    written = lab.run("drbd-a", "head -c 65536 /dev/urandom > /srv/data/payload && sync && "
+                      "sha256sum /srv/data/payload").stdout.split()[0]
+    proc = subprocess.Popen([*DSAS, "drbd", "switchover", "lab", "--json"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["type"] == "drbd_step" and event.get("phase") == "demote" and event["status"] == "ok":
+                proc.kill()
+                break
+    proc.wait()
+    assert proc.returncode == -9
+    assert not role(lab, "drbd-a").startswith("Primary") and not role(lab, "drbd-b").startswith("Primary")
+    elsewhere = {**env, "DSAS_STATE_DIR": str(tmp_path / "other-workspace")}
+    refused = dsas(elsewhere, "drbd", "switchover", "lab")
+    assert refused.returncode == 3, refused.stderr
+    assert "never finished" in refused.stderr and "dsas drbd recover lab" in refused.stderr
+    result = dsas(elsewhere, "drbd", "recover", "lab", "--json")
+    assert result.returncode == 0, result.stderr
+    assert role(lab, "drbd-a") == "Primary/Secondary"
+    assert served_sha() == written
+    for node in ("drbd-a", "drbd-b"):
+        assert lab.run(node, "test -e /srv/labapp/.dsas-lock", check=False).returncode != 0, node
+    again = dsas(elsewhere, "drbd", "recover", "lab")
+    assert again.returncode == 0 and "no unfinished switchover" in again.stdout

@@ -105,3 +105,35 @@ def test_promote_never_forces_and_checks_first():
 def test_add_ip_detects_duplicates_then_announces():
     text = "\n".join(drbd.add_ip(RESOURCE))
     assert text.index("arping -D") < text.index("ip addr add 10.77.0.20/24 dev eth0") < text.index("arping -q -U")
+
+
+def _node(role, cstate="Connected", disks=("UpToDate", "UpToDate")):
+    from dsasdeploy.commands.drbd import NodeState
+    return NodeState(role=role, cstate=cstate, disk=disks[0], peer_disk=disks[1])
+
+
+def test_recover_serves_on_the_one_primary():
+    from dsasdeploy.execute.drbd_recover import choose_primary
+    states = {"a": _node("Secondary"), "b": _node("Primary")}
+    assert choose_primary(states, [], None) == ("b", False)
+
+
+def test_recover_promotes_the_journals_source_even_disconnected_if_the_target_never_promoted():
+    import pytest
+    from dsasdeploy.errors import DsasError
+    from dsasdeploy.execute.drbd_recover import choose_primary
+    begin = {"event": "begin", "source": "a", "target": "b"}
+    down = {"a": _node("Secondary", "WFConnection", ("UpToDate", "DUnknown")),
+            "b": _node("Secondary", "WFConnection", ("UpToDate", "DUnknown"))}
+    steps = [begin, {"event": "step", "name": "demote", "on": "a", "undo": False}]
+    assert choose_primary(down, steps, None) == ("a", True)
+    with pytest.raises(DsasError, match="began a promote"):
+        choose_primary(down, steps + [{"event": "step", "name": "promote", "on": "b", "undo": False}], None)
+    with pytest.raises(DsasError, match="does not prove"):
+        choose_primary(down, steps, "b")
+    with pytest.raises(DsasError, match="no switchover journal"):
+        choose_primary(down, [], None)
+    connected = {"a": _node("Secondary"), "b": _node("Secondary")}
+    assert choose_primary(connected, [], "b") == ("b", True)  # both UpToDate and Connected: either is safe
+    with pytest.raises(DsasError, match="split brain"):
+        choose_primary({"a": _node("Primary"), "b": _node("Primary")}, steps, None)
