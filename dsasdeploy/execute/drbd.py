@@ -324,7 +324,9 @@ class DrbdFlow:
                 f"Secondary (`drbdadm secondary {self.resource.name}` there); then on {source}, which holds "
                 f"the newest data, `drbdadm primary {self.resource.name}` (safe there even while the "
                 f"replication link is down; never on {target}, never --force), mount {self.resource.mount}, "
-                f"add the service IP and start the services; repair the link after: DRBD reconnects by itself.")
+                f"add the service IP and start the services; repair the link after: DRBD reconnects by itself. "
+                f"Or fix what failed and run `dsas drbd recover {self.flow.stage.name}`, which does that and "
+                f"closes this switchover's journal.")
 
     # ---- the stage lock ----------------------------------------------------------------
 

@@ -164,9 +164,11 @@ def test_a_walk_back_that_fails_too_exits_4_with_the_state(pair, env, tmp_path):
         result = dsas({**env, "DSAS_PROJECT": str(project)}, "drbd", "switchover", "lab")
         assert result.returncode == 4, result.stderr
         assert "walking back failed too" in result.stderr and "State now: drbd-a: Primary/Secondary" in result.stderr
-        assert "never --force" in result.stderr
+        assert "never --force" in result.stderr and "dsas drbd recover lab" in result.stderr
     finally:
-        lab.run("drbd-a", "drbd-service start")  # what the message tells the human to do
+        # what the message tells the human: fix the cause, then recover (which also closes the journal)
+        recovered = dsas(env, "drbd", "recover", "lab")
+        assert recovered.returncode == 0, recovered.stderr
 
 
 def test_refuses_at_once_when_the_link_was_just_cut(pair, env):
