@@ -274,7 +274,13 @@ def test_sigterm_during_prepare_discards_everywhere(project):
 
     proc = subprocess.Popen([*DSAS, "deploy", "test", "--json"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.8)
+    # the prepare phase has begun (its after_prepare hook holds it open for 3 s): a fixed sleep
+    # from the start was flaky on a busy machine (start-up alone can take longer)
+    for line in proc.stdout:
+        if line.startswith("{") and json.loads(line).get("type") == "phase_started" \
+                and json.loads(line).get("phase") == "prepare":
+            break
+    time.sleep(0.5)  # inside the phase: the hook's remote sleep is running on every host
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
