@@ -63,6 +63,14 @@ class Stage:
         pool = self.hosts if hosts is None else tuple(hosts)
         return tuple(h for h in pool if any(self.role_gets_release(r) for r in h.roles))
 
+    def lock_hosts(self, hosts: Optional[Iterable[Host]] = None) -> tuple[Host, ...]:
+        """Hosts that can hold the stage lock: those receiving releases, and every DRBD node
+        (`dsas drbd switchover` locks both nodes besides the release hosts)."""
+        pool = self.hosts if hosts is None else tuple(hosts)
+        nodes = {name for resource in self.settings.drbd for name in resource.nodes}
+        releasing = set(self.release_hosts(pool))
+        return tuple(h for h in pool if h in releasing or h.name in nodes)
+
     def hosts_with_role(self, role: str) -> tuple[Host, ...]:
         return tuple(h for h in self.hosts if role in h.roles)
 

@@ -34,6 +34,7 @@ class HostProbe:
     disk_free_kb: Optional[int] = None
     lock: str = "unknown"  # acquired | held | free
     lock_owner: Optional[LockOwner] = None
+    lock_heartbeat_age: Optional[int] = None  # seconds since the holder's last heartbeat (host clock)
     log: tuple[LogEntry, ...] = ()
     tar: bool = False
 
@@ -105,9 +106,17 @@ def parse_probe(markers: Sequence[Marker]) -> HostProbe:
         disk_free_kb=int(free) if free.isdigit() else None,
         lock=values.get("lock", "unknown"),
         lock_owner=LockOwner.from_lines(lock_lines) if lock_lines else None,
+        lock_heartbeat_age=_int_or_none(values.get("lockbeat", "")),
         log=tuple(parse_lines(log_lines)),
         tar=values.get("tar") == "yes",
     )
+
+
+def _int_or_none(text: str) -> Optional[int]:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)

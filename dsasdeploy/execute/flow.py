@@ -37,6 +37,7 @@ from ..plan.releases import common_releases, releases_to_prune, rollback_target
 from ..report.events import EventBus
 from ..status import ExitStatus
 from .backend import Backend, ExecResult
+from .heartbeat import Heartbeat
 from .pool import run_parallel, signals_deferred
 
 MIN_FREE_KB = 100 * 1024
@@ -65,19 +66,23 @@ class FlowResult:
     ref: Optional[str] = None
 
 
-def lock_is_stale(owner: Optional[lockcmd.LockOwner]) -> Optional[bool]:
-    """True if the owner process is gone (known only when it ran on this controller)."""
-    if owner is None:
-        return True  # an owner file that is missing or unreadable: a crashed mkdir
-    if owner.controller != socket.gethostname():
-        return None
+def pid_alive(pid: int) -> Optional[bool]:
+    """Whether process `pid` exists on this machine (None: cannot tell)."""
     try:
-        os.kill(owner.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:
         return False
-    return False
+    except PermissionError:
+        return True
+    except (OverflowError, ValueError):
+        return None
+    return True
+
+
+def lock_is_stale(owner: Optional[lockcmd.LockOwner], heartbeat_age: Optional[int] = None) -> Optional[bool]:
+    """True if the run holding the lock is gone, False if it is live, None if unknown:
+    its pid decides on this controller, its heartbeat's age elsewhere (lockcmd.holder_is_stale)."""
+    return lockcmd.holder_is_stale(owner, heartbeat_age, socket.gethostname(), pid_alive)
 
 
 class ReleaseFlow:
@@ -99,6 +104,7 @@ class ReleaseFlow:
         self.outputs: dict[str, ExecResult] = {}  # each host's result of the latest phase
         self.aux_hosts: tuple[Host, ...] = ()  # hosts the run talks to without releasing (directors)
         self.cancel = threading.Event()  # set on Ctrl-C/SIGTERM: waiting loops give up
+        self.beats: dict[str, float] = {}  # host name -> when its lock heartbeat was last refreshed
         self.migration_host = self._migration_host()
         if self.migration_host is not None and self.migration_host not in self.hosts:
             self.aux_hosts += (self.migration_host,)
@@ -107,6 +113,13 @@ class ReleaseFlow:
 
     def host_by_name(self, name: str) -> Host:
         return next(h for h in self.stage.hosts if h.name == name)
+
+    def heartbeat(self) -> Heartbeat:
+        """A started heartbeat thread for the locks this run holds (stop it at the end of the run)."""
+        def locked() -> list[Host]:
+            names = set(self.locked)
+            return [h for h in self.stage.hosts if h.name in names]
+        return Heartbeat(self.backend, locked, lambda: self.token, self.beats, limit=self.limit).start()
 
     def connect_all(self) -> None:
         """Open every connection (host keys verified); all must succeed."""
@@ -143,6 +156,7 @@ class ReleaseFlow:
             probes[name] = probe
             if probe.lock == "acquired":
                 self.locked.add(name)
+                self.beats[name] = time.monotonic()
         if failures:
             self.release_locks()
             raise RemoteError("; ".join(failures) + "; nothing was changed")
@@ -187,7 +201,7 @@ class ReleaseFlow:
             self.release_locks()
             name, probe = next(iter(held.items()))
             holder = probe.lock_owner.describe(self.clock()) if probe.lock_owner else "an unknown owner (no owner file)"
-            stale = lock_is_stale(probe.lock_owner)
+            stale = lock_is_stale(probe.lock_owner, probe.lock_heartbeat_age)
             remaining = deadline - time.monotonic()
             started = probe.lock_owner.since_datetime() if probe.lock_owner else None
             racing = started is not None and abs((self.clock() - started).total_seconds()) < 10
@@ -223,7 +237,11 @@ class ReleaseFlow:
         self.bus.emit("phase_started", phase=name, hosts=[h.name for h in hosts])
 
         def work(host: Host) -> ExecResult:
-            return self.backend.run(host, lines_for(host), stdin=stdin, strict=strict)
+            lines = lines_for(host)
+            if host.name in self.locked:  # every script to a locked host keeps its lock visibly alive
+                lines = lockcmd.heartbeat_lines(host.paths, self.token) + lines
+                self.beats[host.name] = time.monotonic()
+            return self.backend.run(host, lines, stdin=stdin, strict=strict)
 
         results = {}
         for outcome in run_parallel(hosts, work, self.limit):
@@ -317,13 +335,11 @@ class ReleaseFlow:
                 raise RemoteError(f"interrupted {where}") from None
             raise
         with signals_deferred():  # the release is live everywhere: finish, do not undo
-            self._finish(contexts, release_id, revision, ref, probes)
-            self.completed("deployed")
+            self.completed("deployed")  # the pool is whole: closed before the locks go (a waiting run starts clean)
+            unfinished = self._finish(contexts, release_id, revision, ref, probes)
         self.run_local_hooks_quietly("after", "finish", self.hook_env(release_id, revision))
-        for record in self.records.values():
-            record.outcome, record.release = "deployed", release_id
-        return FlowResult(ExitStatus.OK, f"release {release_id} ({revision[:12]}) is live on {len(self.hosts)} host(s)",
-                          release=release_id, revision=revision, ref=ref)
+        return self.ended("deployed", f"release {release_id} ({revision[:12]}) is live on {len(self.hosts)} host(s)",
+                          unfinished, release=release_id, revision=revision, ref=ref)
 
     def _migration_host(self) -> Optional[Host]:
         migration = self.stage.settings.migrate
@@ -431,8 +447,9 @@ class ReleaseFlow:
                                     f"check them with `dsas releases {self.stage.name}`, fix, then "
                                     f"`dsas rollback {self.stage.name}` and `dsas unlock {self.stage.name}`")
 
-    def _finish(self, contexts, release_id: str, revision: str, ref: str, probes) -> None:
-        """Log, prune, unlock. The release is live: failures here are warnings."""
+    def _finish(self, contexts, release_id: str, revision: str, ref: str, probes) -> dict[str, str]:
+        """Log, prune, unlock. The release is live: nothing is undone; returns {host: why} for
+        the hosts where this could not be done (their lock and log line are missing)."""
         settings = self.stage.settings
         entry = self.log_entry("deployed", release=release_id, revision=revision, ref=ref)
 
@@ -446,12 +463,37 @@ class ReleaseFlow:
             h.paths, entry, prune_for(h), self.token,
             hooks=remote_hooks(self.stage, "before", "finish", h, self.hosts)
             + remote_hooks(self.stage, "after", "finish", h, self.hosts)))
+        return self._unfinished(results)
+
+    def _unfinished(self, results: dict[str, tuple[bool, str, str]]) -> dict[str, str]:
+        """After the point of no return: {host: why} for each host whose finish phase failed."""
+        unfinished = {}
         for name, (ok, step, reason) in results.items():
             if ok:
                 self.locked.discard(name)
             else:
-                self.bus.emit("warning", host=name, message=f"release is live, but finishing failed at '{step}': "
-                              f"{reason}; the lock may still be held: `dsas unlock {self.stage.name}`")
+                unfinished[name] = f"finishing failed at '{step}': {reason}"
+                self.records[name].error = unfinished[name]
+        return unfinished
+
+    def ended(self, outcome: str, done: str, unfinished: dict[str, str], **result: Optional[str]) -> FlowResult:
+        """The result of a run past its point of no return: exit 0 only if every host finished,
+        else exit 4 naming the hosts that did not (outcome `<outcome>_unfinished`)."""
+        for name, record in self.records.items():
+            record.outcome = f"{outcome}_unfinished" if name in unfinished else outcome
+            record.release = result.get("release")
+        if unfinished:
+            return FlowResult(ExitStatus.NEEDS_HUMAN, self.unfinished_message(done, unfinished), **result)
+        return FlowResult(ExitStatus.OK, done, **result)
+
+    def unfinished_message(self, done: str, unfinished: dict[str, str]) -> str:
+        """Exit-4 text: what is live, which hosts could not finish, and the commands that fix them."""
+        names = ",".join(unfinished)
+        details = "; ".join(f"{name}: {why}" for name, why in unfinished.items())
+        return (f"{done}, but {len(unfinished)} host(s) could not finish: {details}. On {names} the stage lock "
+                f"is still held and the revisions.log line is missing; when the host answers again, check it "
+                f"with `dsas releases {self.stage.name} --hosts {names}`, then `dsas unlock {self.stage.name} "
+                f"--hosts {names}`")
 
     def run_local_hooks_quietly(self, when: str, phase: str, env: dict[str, str]) -> None:
         """Hooks after the point of no return: a failure is a warning, not a rollback."""
@@ -549,18 +591,13 @@ class ReleaseFlow:
             if isinstance(exc, KeyboardInterrupt):
                 raise RemoteError("rollback interrupted; every host was switched back") from None
             raise
-        results = self.phase("finish", self.hosts, lambda h: rel.finish_script(h.paths, entry, [], self.token))
-        for name, (ok, step, reason) in results.items():
-            if ok:
-                self.locked.discard(name)
-            else:
-                self.bus.emit("warning", host=name, message=f"rolled back, but logging/unlocking failed: {reason}")
-        self.completed("rolled_back_by_request")
+        with signals_deferred():
+            self.completed("rolled_back_by_request")  # closed before the locks go, as in deploy
+            unfinished = self._unfinished(self.phase(
+                "finish", self.hosts, lambda h: rel.finish_script(h.paths, entry, [], self.token)))
         self.run_local_hooks_quietly("after", "rollback", env)
-        for record in self.records.values():
-            record.outcome, record.release = "rolled_back", target
-        return FlowResult(ExitStatus.OK, f"rolled back to release {target} ({revision[:12]}) on {len(self.hosts)} host(s)",
-                          release=target, revision=revision)
+        return self.ended("rolled_back", f"rolled back to release {target} ({revision[:12]}) on {len(self.hosts)} "
+                          f"host(s)", unfinished, release=target, revision=revision)
 
     def _revert_without_mark(self, contexts: dict[str, rel.ReleaseContext]) -> None:
         hosts = list(self.hosts)
@@ -575,6 +612,52 @@ class ReleaseFlow:
             raise IncompleteRestore("; ".join(stuck) + f"; check `dsas releases {self.stage.name}`")
 
     # ---- read-only and lock commands ----------------------------------------------------
+
+    def nothing_to_recover(self, why: str, own_tokens: Sequence[str] = ()) -> FlowResult:
+        """`recover` found no interrupted run: still, a stage lock may block every deploy.
+
+        A lock of a dead run whose token is in `own_tokens` (the journal's last run) is
+        released; any other lock is named with its `dsas unlock` command (exit 3 when it
+        is stale or unknown: deploys are refused until it goes; exit 0 when a live run holds it).
+        """
+        hosts = self.stage.lock_hosts()
+        notes: list[str] = []
+
+        def read(host: Host) -> ExecResult:
+            self.backend.connect(host)
+            return self.backend.run(host, lockcmd.report_lines(host.paths))
+
+        blocking, live = [], []
+        for outcome in run_parallel(hosts, read, self.limit):
+            name = outcome.host.name
+            if not outcome.ok or not outcome.value.ok:
+                notes.append(f"{name}: its lock could not be read ({_reason(outcome)})")
+                continue
+            probe = rel.parse_probe(outcome.value.markers)
+            if probe.lock != "held":
+                continue
+            owner, stale = probe.lock_owner, lock_is_stale(probe.lock_owner, probe.lock_heartbeat_age)
+            if stale and owner is not None and owner.token in own_tokens:
+                released = self.backend.run(outcome.host, lockcmd.release_lines(outcome.host.paths, owner.token))
+                if released.ok and "DSAS lock released" in released.stdout:
+                    self.bus.emit("lock", host=name, status="released", message="left by the journal's dead run")
+                    continue
+            who = owner.describe(self.clock()) if owner else "an unknown owner (no owner file)"
+            self.bus.emit("lock", host=name, status="held", message=who, stale=bool(stale))
+            (live if stale is False else blocking).append((name, who, stale))
+        text = f"nothing to recover: {why}"
+        if blocking:
+            names = ",".join(n for n, _, _ in blocking)
+            name, who, stale = blocking[0]
+            state = "STALE (its run is gone)" if stale else "of unknown liveness"
+            text += (f"; but the stage lock is held on {names} by {who}, {state}: every deploy is refused until "
+                     f"`dsas unlock {self.stage.name} --hosts {names}`")
+        elif live:
+            text += f"; the stage lock is held on {','.join(n for n, _, _ in live)} by a live run: {live[0][1]}"
+        if notes:
+            text += "; " + "; ".join(notes)
+        return FlowResult(ExitStatus.LOCKED if blocking else ExitStatus.OK, text)
+
 
     def releases(self) -> FlowResult:
         """Per host: releases, their revisions, which is current, which failed."""
@@ -591,8 +674,10 @@ class ReleaseFlow:
         return FlowResult(ExitStatus.OK, f"{len(self.hosts)} host(s) listed{note}")
 
     def check(self) -> FlowResult:
-        """Reachability, host key, writable deploy_to, free disk, tar, lock state, per host."""
+        """Reachability, host key, writable deploy_to, free disk, tar, lock state, per host
+        (the lock only, on a host that holds the stage lock without receiving releases)."""
         failing = 0
+        releasing = set(self.stage.release_hosts(self.hosts))
 
         def one(host: Host) -> list[tuple[str, bool, str]]:
             checks: list[tuple[str, bool, str]] = []
@@ -605,16 +690,18 @@ class ReleaseFlow:
             if not result.ok:
                 return checks + [("probe", False, result.stderr_tail())]
             probe = rel.parse_probe(result.markers)
-            checks.append(("deploy_to writable", probe.writable, host.deploy_to if not probe.writable else ""))
-            free = probe.disk_free_kb
-            checks.append(("disk", free is not None and free >= MIN_FREE_KB, f"{(free or 0) // 1024} MiB free"))
-            checks.append(("tar", probe.tar, "" if probe.tar else "not installed"))
-            if probe.missing_linked_files:
-                checks.append(("linked files", False, "missing: " + ", ".join(probe.missing_linked_files)))
+            if host in releasing:  # a DRBD node only holds the stage lock: its lock is all there is to check
+                checks.append(("deploy_to writable", probe.writable, host.deploy_to if not probe.writable else ""))
+                free = probe.disk_free_kb
+                checks.append(("disk", free is not None and free >= MIN_FREE_KB, f"{(free or 0) // 1024} MiB free"))
+                checks.append(("tar", probe.tar, "" if probe.tar else "not installed"))
+                if probe.missing_linked_files:
+                    checks.append(("linked files", False, "missing: " + ", ".join(probe.missing_linked_files)))
             if probe.lock == "held":
-                stale = lock_is_stale(probe.lock_owner)
+                stale = lock_is_stale(probe.lock_owner, probe.lock_heartbeat_age)
                 who = probe.lock_owner.describe(self.clock()) if probe.lock_owner else "unknown owner"
-                checks.append(("lock", False, f"held by {who}" + (" (STALE)" if stale else "")))
+                hint = f": `dsas unlock {self.stage.name} --hosts {host.name}`" if stale else ""
+                checks.append(("lock", False, f"held by {who}" + (" (STALE)" if stale else "") + hint))
             else:
                 checks.append(("lock", True, "free"))
             return checks
@@ -639,7 +726,7 @@ class ReleaseFlow:
         owners = {}
         for host in held:
             owner = probes[host.name].lock_owner
-            stale = lock_is_stale(owner)
+            stale = lock_is_stale(owner, probes[host.name].lock_heartbeat_age)
             who = owner.describe(self.clock()) if owner else "unknown owner"
             owners[host.name] = (who, stale)
             self.bus.emit("lock", host=host.name, status="held", message=who, stale=bool(stale))
@@ -657,13 +744,27 @@ class ReleaseFlow:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an error's text; never empty, never a dangling 'label:'."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    line = text[0].strip() if text else ""
+    if not line:
+        return type(exc).__name__
+    if line.endswith(":"):  # a library error without a text (paramiko's EOFError, ...)
+        return f"{line} no reason given ({type(exc).__name__}); the SSH connection was probably closed"
+    return line
+
+
+def without_host(name: str, text: str) -> str:
+    """`text` without a leading 'NAME: ' (the caller names the host itself: never 'web2: web2: ...')."""
+    prefix = f"{name}: "
+    while text.startswith(prefix):
+        text = text[len(prefix):]
+    return text
 
 
 def _reason(outcome) -> str:
     if outcome.error is not None:
-        return _one_line(outcome.error)
+        return without_host(outcome.host.name, _one_line(outcome.error))
     result = outcome.value
     tail = result.stderr_tail()
     return f"exit {result.exit_code}" + (f": {tail}" if tail else "")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -26,11 +27,13 @@ from ..localdirs import state_dir
 from ..plan.hooks import remote_hooks
 from ..plan.rollout import max_unavailable, plan_batches
 from ..status import ExitStatus
-from .flow import FlowResult, HostRecord, ReleaseFlow
+from .flow import FlowResult, HostRecord, ReleaseFlow, pid_alive, without_host
 from .gates import direct_opener, health_gate, ssh_opener, warm_gate
 from .journal import Journal, JournalState, journal_path
 from .lb import make_driver
 from .pool import run_parallel, signals_deferred
+
+JOURNAL_GRACE = 5.0  # seconds a live run gets to close its journal once its locks are given back
 
 
 @dataclass
@@ -77,12 +80,33 @@ class RollingFlow(ReleaseFlow):
         return super().rollback(requested, lock_wait, dry_run)
 
     def refuse_if_unfinished(self) -> None:
+        """Refuse to start after a DEAD run's unfinished rollout; a live run is waited for on
+        its lock (acquire_locks), like any other deploy."""
         records = self.journal.unfinished()
-        if records:
+        if records and journal_writer_alive(records[0]) is not True:
             begin = records[0]
             raise LockHeld(f"an unfinished rolling release of stage '{self.stage.name}' (release "
                            f"{begin.get('release')}, pid {begin.get('pid')}, since {begin.get('time', '?')[:19]}) "
                            f"left the journal {self.journal.path}; run `dsas recover {self.stage.name}` first")
+
+    def acquire_locks(self, owner, lock_wait: float):
+        """The stage lock, then (holding it) the journal of the run before must be closed: a live
+        run closes it as it gives its locks back, so it is waited for a few seconds at least."""
+        deadline = time.monotonic() + max(lock_wait, JOURNAL_GRACE)
+        probes = super().acquire_locks(owner, lock_wait)
+        try:
+            while (records := self.journal.unfinished()) and journal_writer_alive(records[0]) is True \
+                    and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if records and journal_writer_alive(records[0]) is True:
+                raise LockHeld(f"the run that wrote {self.journal.path} (pid {records[0].get('pid')}) is still "
+                               f"running without its lock (was it broken with `dsas unlock`?); let it finish")
+            self.refuse_if_unfinished()
+        except BaseException:
+            with signals_deferred():
+                self.release_locks()
+            raise
+        return probes
 
     def preflight_pool(self) -> None:
         self.driver.preflight(self.hosts)
@@ -222,7 +246,7 @@ class RollingFlow(ReleaseFlow):
                     return f"{host.name}: warm-up gate failed: {result.reason}"
             return None
 
-        failures = {o.host.name: o.value if o.ok else f"{o.host.name}: gate error: {o.error}"
+        failures = {o.host.name: o.value if o.ok else f"{o.host.name}: gate error: {without_host(o.host.name, str(o.error))}"
                     for o in run_parallel(batch, check, self.limit, cancel=self.cancel)}
         failures = {name: text for name, text in failures.items() if text}
         for name, text in failures.items():
@@ -252,7 +276,7 @@ class RollingFlow(ReleaseFlow):
                 leftover, self.in_flight = self.in_flight, None
                 if leftover is not None:
                     stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name], already_back=True)
-                stuck.append(f"batch {','.join(h.name for h in batch)}: {exc}")
+                stuck.append(f"batch {','.join(h.name for h in batch)}: {_about(batch, exc)}")
         ctx0 = next(iter(contexts.values()))
         entry = self.log_entry("failed", release=ctx0.release_id, revision=ctx0.revision, ref=ref,
                                reason=reason[:120])
@@ -317,8 +341,9 @@ class RollingFlow(ReleaseFlow):
                 self.bus.emit("warning", host=director, message=(
                     f"no unfinished run in {self.journal.path}; recovering the one recorded on {director}"))
         if not records:
-            return FlowResult(ExitStatus.OK, f"nothing to recover: no unfinished rolling release of '{self.stage.name}' "
-                              f"(here or on the directors)")
+            last_run = [r.get("token") for r in self.journal.records() if r.get("event") == "begin"][-1:]
+            return self.nothing_to_recover(f"no unfinished rolling release of '{self.stage.name}' "
+                                           f"(here or on the directors)", own_tokens=last_run)
         state = JournalState.replay(records)
         begin = state.begin
         owner_alive = begin.get("controller") == socket.gethostname() and begin.get("pid") and \
@@ -368,7 +393,7 @@ class RollingFlow(ReleaseFlow):
                     leftover, self.in_flight = self.in_flight, None
                     if leftover is not None:
                         stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name])
-                    stuck.append(f"{', '.join(h.name for h in drained)}: {exc}")
+                    stuck.append(f"{', '.join(h.name for h in drained)}: {_about(drained, exc)}")
             rest = [h for h in self.hosts if h.name not in state.drained and h.name in change]
             for batch in plan_batches(rest, self.stage.settings.rollout, self.pool_size) if rest else []:
                 try:
@@ -377,7 +402,7 @@ class RollingFlow(ReleaseFlow):
                     leftover, self.in_flight = self.in_flight, None
                     if leftover is not None:
                         stuck += self._undo_in_flight(leftover, lambda h: contexts[h.name])
-                    stuck.append(f"{', '.join(h.name for h in batch)}: {exc}")
+                    stuck.append(f"{', '.join(h.name for h in batch)}: {_about(batch, exc)}")
             was_rollback = begin.get("command") == "rollback"
             event = "deployed" if forward and not was_rollback else ("rolled_back" if forward else "failed")
             entry = None if (was_rollback and not forward) else self.log_entry(
@@ -392,6 +417,18 @@ class RollingFlow(ReleaseFlow):
         for host in self.hosts:
             self.records[host.name].outcome, self.records[host.name].release = "recovered", target(host)
         return FlowResult(ExitStatus.OK, f"recovered: every host in service on {where}", release=target(self.hosts[0]))
+
+
+def _about(hosts: Sequence[Host], exc: BaseException) -> str:
+    """An error's text after the names of `hosts`: a lone host is not named twice."""
+    return without_host(hosts[0].name, str(exc)) if len(hosts) == 1 else str(exc)
+
+
+def journal_writer_alive(begin: dict) -> Optional[bool]:
+    """Whether the run that began a journal still runs: known only on the controller it ran on."""
+    if begin.get("controller") != socket.gethostname() or not str(begin.get("pid", "")).isdigit():
+        return None
+    return pid_alive(int(begin["pid"]))
 
 
 def lock_is_stale_pid(pid: int) -> Optional[bool]:

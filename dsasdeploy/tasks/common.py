@@ -82,8 +82,12 @@ def load(stage_name: str) -> Stage:
 def run_remote(command: str, stage_name: str, options: Options,
                body: Callable[[ReleaseFlow, Stage, Callable[[str], bool]], FlowResult],
                release_hosts_only: bool = True,
-               pick_hosts: Optional[Callable[[Stage], tuple[Host, ...]]] = None, read_only: bool = False) -> None:
+               pick_hosts: Optional[Callable[[Stage], tuple[Host, ...]]] = None, read_only: bool = False,
+               lock_hosts: bool = False) -> None:
     """Load, select hosts, run `body` with a flow; summary + report + exit code always.
+
+    The selected hosts are those that receive releases, or with `lock_hosts` every host that
+    can hold the stage lock (the DRBD nodes too: `dsas drbd switchover` locks them).
 
     An unexpected error (a bug) exits 4 only when a host may have been changed: not for a
     `read_only` command or a dry run, nor before the first remote command; else it exits 1."""
@@ -92,12 +96,18 @@ def run_remote(command: str, stage_name: str, options: Options,
     bus = EventBus(stage_name, reporter)
     backend = None
     flow: Optional[ReleaseFlow] = None
+    heartbeat = None
     result = FlowResult(ExitStatus.NEEDS_HUMAN, "internal error")
     try:
         stage = load(stage_name)
         hosts = select_hosts(stage, split_list(options.hosts), split_list(options.roles))
         if pick_hosts is not None:
             hosts = pick_hosts(stage)
+        elif lock_hosts:
+            hosts = stage.lock_hosts(hosts)
+            if not hosts:
+                raise UsageError(f"no selected host of stage '{stage_name}' can hold the stage lock "
+                                 f"(a host with a role that receives releases, or a DRBD node)")
         elif release_hosts_only:
             hosts = stage.release_hosts(hosts)
             if not hosts:
@@ -108,6 +118,8 @@ def run_remote(command: str, stage_name: str, options: Options,
             bus.emit("warning", message=warning)
         flow_class = RollingFlow if stage.settings.lb is not None else ReleaseFlow
         flow = flow_class(stage, hosts, backend, bus)
+        if not read_only:
+            heartbeat = flow.heartbeat()  # keeps the locks this run takes visibly alive
         result = body(flow, stage, confirmer(options, reporter))
     except DsasError as exc:
         result = FlowResult(exc.exit_status, str(exc), **(flow.attempt if flow else {}))
@@ -120,6 +132,8 @@ def run_remote(command: str, stage_name: str, options: Options,
         exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli.py)
         raise
     finally:
+        if heartbeat is not None:
+            heartbeat.stop()
         if backend is not None:
             backend.close()
         summary = _summary(command, result, flow, backend)

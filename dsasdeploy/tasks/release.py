@@ -84,6 +84,7 @@ def releases(c, stage, hosts=None, roles=None, yes=False, json=False, report=Non
 def check(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, accept_new_host_keys=False):
     """Check every host of STAGE: SSH and host key, writable deploy_to, free disk, tar, lock.
 
+    The stage lock is checked on every host that can hold it (DRBD nodes too).
     Exit 0 when every host passes, 1 otherwise. Safe to run any time: changes nothing.
     """
     options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
@@ -92,15 +93,16 @@ def check(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, 
         flow.bus.emit("run_started", command="check", hosts=[h.name for h in flow.hosts])
         return flow.check()
 
-    run_remote("check", stage, options, body, read_only=True)
+    run_remote("check", stage, options, body, read_only=True, lock_hosts=True)
 
 
 @task(positional=["stage"], auto_shortflags=False, help=_help(*_REMOTE))
 def unlock(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, accept_new_host_keys=False):
     """Break STAGE's deploy lock, e.g. one left by a crashed or killed dsas.
 
-    A lock whose owner process is gone (on this controller) is broken at once;
-    any other lock needs confirmation (--yes without a terminal).
+    Covers every host that can hold it: release hosts and DRBD nodes (--hosts drbd-a).
+    A lock whose owner is gone (its process on this controller, or its heartbeat is
+    old) is broken at once; any other lock needs confirmation (--yes without a terminal).
     """
     options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
 
@@ -108,7 +110,7 @@ def unlock(c, stage, hosts=None, roles=None, yes=False, json=False, report=None,
         flow.bus.emit("run_started", command="unlock", hosts=[h.name for h in flow.hosts])
         return flow.unlock(confirm)
 
-    run_remote("unlock", stage, options, body)
+    run_remote("unlock", stage, options, body, lock_hosts=True)
 
 
 @task(positional=["stage"], auto_shortflags=False,
@@ -143,8 +145,8 @@ def recover(c, stage, forward=False, hosts=None, roles=None, yes=False, json=Fal
 
     def body(flow, stage_obj, confirm):
         flow.bus.emit("run_started", command="recover", hosts=[h.name for h in flow.hosts], forward=forward)
-        if not hasattr(flow, "recover"):
-            raise DsasError(f"stage '{stage}' has no lb section: there is no rolling release to recover")
+        if not hasattr(flow, "recover"):  # still say whether a lock blocks deploys, and how to break it
+            return flow.nothing_to_recover(f"stage '{stage}' has no lb section: there is no rolling release")
         return flow.recover(forward)
 
     run_remote("recover", stage, options, body)
