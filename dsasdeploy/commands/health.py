@@ -21,6 +21,18 @@ def judge_response(spec: HealthCheck, status: int, headers: Mapping[str, str], b
     return None
 
 
+NOT_FINAL_5XX = frozenset({502, 503, 504})  # a proxy waiting for the app, or an app not ready yet
+
+
+def final_statuses(spec: HealthCheck) -> frozenset[int]:
+    """HTTP statuses that fail the health gate at once (`health.fail_fast`), not after the deadline."""
+    if spec.fail_fast is True:
+        return frozenset(range(500, 600)) - NOT_FINAL_5XX
+    if not spec.fail_fast:
+        return frozenset()
+    return frozenset(spec.fail_fast) - frozenset(spec.expect_status)
+
+
 def parse_stats(text: str) -> dict[str, float]:
     """memcached `stats`: `STAT name value` lines up to END -> numeric fields."""
     stats: dict[str, float] = {}

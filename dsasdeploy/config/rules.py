@@ -50,6 +50,11 @@ def _gates(spec: StageSpec) -> Iterator[Problem]:
         for index, status in enumerate(spec.health.expect_status):
             if not 100 <= status <= 599:
                 yield ("health", "expect_status", index), f"expected an HTTP status 100-599, got {status}"
+        if isinstance(spec.health.fail_fast, list):
+            for index, status in enumerate(spec.health.fail_fast):
+                if not 100 <= status <= 599 or status in spec.health.expect_status:
+                    yield ("health", "fail_fast", index), (f"expected an HTTP status 100-599 that is not in "
+                                                           f"expect_status, got {status}")
         header = spec.health.host_header
         if header is not None and (not header or re.search(r"[\s\x00-\x1f\x7f]", header)):
             yield ("health", "host_header"), f"expected a host name without spaces, got {shown(header)}"

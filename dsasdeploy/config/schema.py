@@ -164,6 +164,9 @@ class HealthCheck(Model):
     rise: int = Field(default=3, ge=1)
     deadline: float = Field(default=60, gt=0)
     via: Literal["direct", "ssh"] = "direct"  # ssh: through the host's SSH connection
+    # answers that fail the gate at once instead of being retried until the deadline: true means
+    # every 5xx but 502/503/504 (a proxy waiting for the app, an app not ready yet); or a status list
+    fail_fast: Union[bool, list[int]] = False
 
 
 class WarmGate(Model):

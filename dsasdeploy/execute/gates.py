@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..commands.health import judge_response, parse_stats, warm_figures
+from ..commands.health import final_statuses, judge_response, parse_stats, warm_figures
 from ..config.schema import HealthCheck, WarmGate
 from ..errors import RemoteError
 
@@ -82,6 +82,7 @@ def health_gate(address: str, spec: HealthCheck, port: int, release_id: Optional
     """`rise` consecutive passing responses within `deadline` seconds (`stop`: give up now)."""
     started = clock()
     streak, attempts, reason = 0, 0, "no attempt"
+    final = final_statuses(spec)
     while True:
         if stop is not None and stop.is_set():
             return GateResult(False, clock() - started, attempts, "interrupted")
@@ -89,6 +90,8 @@ def health_gate(address: str, spec: HealthCheck, port: int, release_id: Optional
         try:
             response = http_get(address, port, spec.path, spec.timeout, opener, spec.host_header)
             reason = judge_response(spec, response.status, response.headers, response.body, release_id) or ""
+            if reason and response.status in final:  # the app answered that it is broken: no use waiting
+                return GateResult(False, clock() - started, attempts, f"{reason}, final (health.fail_fast)")
         except (OSError, http.client.HTTPException, Exception) as exc:  # paramiko raises its own types
             reason = f"{type(exc).__name__}: {exc}".strip(": ")
         streak = 0 if reason else streak + 1
