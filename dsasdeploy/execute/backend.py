@@ -109,7 +109,7 @@ def exec_channel(cxn: Connection, label: str, command: str, stdin: Optional[Path
         channel = transport.open_session(timeout=min(cxn.connect_timeout or 30, timeout))
         channel.exec_command(command)
     except Exception as exc:  # paramiko raises SSHException, EOFError, OSError here
-        raise RemoteError(f"{label}: could not start the remote script: {exc}") from None
+        raise RemoteError(f"{label}: could not start the remote script: {exc or type(exc).__name__}") from None
     stdout, stderr = bytearray(), bytearray()
     readers = [
         threading.Thread(target=_drain, args=(channel.recv, stdout), daemon=True),

@@ -381,7 +381,7 @@ class LvsDriver:
         tables, problems = {}, []
         for outcome in run_parallel(directors, change, self.flow.limit, grace=INTERRUPT_GRACE):
             if not outcome.ok:
-                problems.append(f"{outcome.host.name}: {outcome.error}")
+                problems.append(outcome.error_text())
                 continue
             tables[outcome.host.name] = outcome.value
         if problems:
@@ -432,7 +432,7 @@ class LvsDriver:
             if outcome.ok:
                 where += [f"{outcome.host.name} {key}" for key in outcome.value]
             else:
-                problems.append(f"{outcome.host.name}: {outcome.error}")
+                problems.append(outcome.error_text())
         if where:
             self.flow.bus.emit("lb", host=host.name, status="left",
                                directors=sorted({w.split(" ", 1)[0] for w in where}))

@@ -24,6 +24,11 @@ class HostOutcome(Generic[T]):
     def ok(self) -> bool:
         return self.error is None
 
+    def error_text(self) -> str:
+        """The error as one line that names the host once ("web2: ..."), whatever raised it."""
+        text = str(self.error).strip() or type(self.error).__name__
+        return text if text.startswith(self.host.name) else f"{self.host.name}: {text}"
+
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)
 
