@@ -70,12 +70,14 @@ def test_version():
 
 
 def add_server_project(tmp_path):
-    """The repo's lab project, with its own key (the lab need not be up)."""
+    """The repo's lab project, with its own key and known_hosts (the lab need not be up)."""
     from pathlib import Path
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "stages").mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "key")], check=True)
-    text = (root / "dsas.yaml").read_text().replace("/var/lib/dsas-lab/ssh/id_ed25519", str(tmp_path / "key"))
+    (tmp_path / "known_hosts").write_text("")
+    text = (root / "dsas.yaml").read_text().replace("/var/lib/dsas-lab/ssh/id_ed25519", str(tmp_path / "key")) \
+        .replace("/var/lib/dsas-lab/ssh/known_hosts", str(tmp_path / "known_hosts"))
     (tmp_path / "dsas.yaml").write_text(text)
     (tmp_path / "stages" / "lab.yaml").write_text((root / "stages" / "lab.yaml").read_text())
     return tmp_path

@@ -281,6 +281,10 @@ def test_web_host_lost_mid_rollout_is_reported_and_the_rest_restored(lab, env):
     finally:
         faults.start_sshd(lab, "web3")
         dsas(env, "unlock", "lab", "--yes")
+    # exit 4 keeps the journal (here and on lb1) for a human: recover is what closes it
+    recovered = dsas(env, "recover", "lab")
+    assert recovered.returncode == 0, recovered.stderr
+    assert weights(lab) == before
 
 
 def lab_sshd_pids(lab, host: str) -> list[int]:
