@@ -38,6 +38,8 @@ class PoolDriver(Protocol):
 
     def fleet_unfinished(self) -> Optional[tuple[str, list[dict]]]: ...
 
+    def pool_problems(self, hosts: Sequence[Host]) -> list[str]: ...
+
 
 class NoFleetJournal:
     """Drivers without a copy of the journal on the balancers (nothing to ship or read)."""
@@ -50,6 +52,9 @@ class NoFleetJournal:
 
     def fleet_unfinished(self, fresh_read: bool = False) -> Optional[tuple[str, list[dict]]]:
         return None
+
+    def pool_problems(self, hosts: Sequence[Host]) -> list[str]:
+        return []
 
 
 class NullDriver(NoFleetJournal):
@@ -179,6 +184,10 @@ class LvsDriver:
                         f"drained server, so drains may run into drain_timeout; set it to 1"))
         if problems:
             raise RemoteError("; ".join(dict.fromkeys(problems)))
+
+    def pool_problems(self, hosts: Sequence[Host]) -> list[str]:
+        """For `dsas check`: real servers the stage does not list (the journal's copy is read too)."""
+        return self.unknown_reals(self.read_all(with_journal=True), hosts)
 
     def unknown_reals(self, tables: dict[str, dict[str, lvs.VirtualService]], hosts: Sequence[Host]) -> list[str]:
         """Real servers in service in the pools of `hosts` that the stage does not know: refused (or

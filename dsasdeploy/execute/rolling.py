@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from ..commands import release as rel
 from ..config.names import split_host_port
-from ..errors import IncompleteRestore, LockHeld, RemoteError, UsageError
+from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
 from ..localdirs import state_dir
 from ..plan.hooks import remote_hooks
@@ -78,6 +78,25 @@ class RollingFlow(ReleaseFlow):
         if not dry_run:
             self.refuse_if_unfinished()
         return super().rollback(requested, lock_wait, dry_run)
+
+    def check(self) -> FlowResult:
+        """The hosts' checks, then the pool's, on every director: real servers the stage does not
+        list, and an unfinished rolling release in the directors' copy of the journal."""
+        result = super().check()
+        try:
+            problems = self.driver.pool_problems(self.hosts)
+        except DsasError as exc:
+            problems = [f"cannot read the pool: {exc}"]
+        found = self.driver.fleet_unfinished()
+        if found:
+            director, records = found
+            problems.append(f"{director} holds an unfinished rolling release (release {records[0].get('release')}, "
+                            f"since {records[0].get('time', '?')[:19]}): run `dsas recover {self.stage.name}`")
+        self.bus.emit("host_state", host="pool", status="failed" if problems else "ok",
+                      checks=[["pool", not problems, "; ".join(problems)]])
+        if problems:
+            return FlowResult(ExitStatus.FAILED_ROLLED_BACK, "; ".join(problems))
+        return result
 
     def refuse_if_unfinished(self) -> None:
         """Refuse to start after a DEAD run's unfinished rollout; a live run is waited for on

@@ -451,6 +451,10 @@ def test_a_pool_larger_than_the_stage_is_refused(lab, env):
         assert "does not list (10.77.2.98:8080, 10.77.2.99:8080)" in result.stderr, result.stderr
         assert "lb.unknown_reals" in result.stderr
         assert currents(lab) == [good] * 3
+        check = dsas(env, "check", "lab", "--json")  # `dsas check` reports them too
+        assert check.returncode == 1, check.stderr
+        pool = [e for e in events(check.stdout) if e["type"] == "host_state" and e["host"] == "pool"][0]
+        assert pool["status"] == "failed" and "10.77.2.98:8080" in pool["checks"][0][2]
     finally:
         for rs in strangers:
             lab.run("lb1", f"ipvsadm -d -t 10.77.1.10:80 -r {rs}", check=False)
