@@ -86,6 +86,7 @@ class DrbdFlow:
         # with the step's own script, to the node it runs on): `dsas drbd recover` reads them
         self.journal_name = f"drbd-{flow.stage.name}-{resource.name}"
         self.journal = Journal(journal_path(flow.stage.project_dir, self.journal_name))
+        self.node_copies: dict[str, list[dict]] = {}  # node -> its copy, when a read brought it along
 
     # ---- the switchover journal ------------------------------------------------------
 
@@ -109,11 +110,12 @@ class DrbdFlow:
         records = self.journal.unfinished()
         if records:
             return str(self.journal.path), records
-        copies = {}
-        for outcome in run_parallel(self.nodes, lambda h: self.backend.run(
-                h, fleet.read_lines(h.deploy_to, self.journal_name)), 2):
-            if outcome.ok and outcome.value.ok:
-                copies[outcome.host.name] = fleet.unfinished(fleet.parse(outcome.value.stdout)) or []
+        if not self.node_copies:  # not read along with the state yet: one round trip per node
+            for outcome in run_parallel(self.nodes, lambda h: self.backend.run(
+                    h, fleet.read_lines(h.deploy_to, self.journal_name)), 2):
+                if outcome.ok and outcome.value.ok:
+                    self.node_copies[outcome.host.name] = fleet.parse(outcome.value.stdout)
+        copies = {node: fleet.unfinished(records) or [] for node, records in self.node_copies.items()}
         runs = {}
         for node, run in copies.items():
             for record in run:
@@ -126,14 +128,21 @@ class DrbdFlow:
 
     # ---- reading ---------------------------------------------------------------------
 
-    def read(self, probe_link: bool = False) -> dict[str, Optional[cmd.NodeState]]:
+    def read(self, probe_link: bool = False, journal: bool = False) -> dict[str, Optional[cmd.NodeState]]:
         """Both nodes' state; an unreachable node reads as None (`probe_link`: for the verdicts,
-        whether each node reaches its peer's replication address now)."""
+        whether each node reaches its peer's replication address now; `journal`: the same round
+        trip appends the journal's new records to each node's copy and reads the copy back)."""
+        shipment = self.journal.take_unshipped() if journal else ([], False)
+
         def one(host: Host) -> cmd.NodeState:
             self.backend.connect(host)
-            result = self.backend.run(host, cmd.status_script(self.resource, probe_link))
+            extra = fleet.append_lines(host.deploy_to, self.journal_name, *shipment) + \
+                fleet.read_lines(host.deploy_to, self.journal_name) if journal else []
+            result = self.backend.run(host, extra + cmd.status_script(self.resource, probe_link))
             if not result.ok:
                 raise RemoteError(f"{host.name}: cannot read DRBD state: {result.stderr_tail()}")
+            if journal:
+                self.node_copies[host.name] = fleet.parse(result.stdout)
             return cmd.parse_status(result.stdout, self.resource)
 
         states = {}
@@ -195,7 +204,7 @@ class DrbdFlow:
     # ---- switching over --------------------------------------------------------------
 
     def switchover(self, to: Optional[str], dry_run: bool, lock_wait: float) -> FlowResult:
-        states = self.read(probe_link=True)
+        states = self.read(probe_link=True, journal=True)  # the nodes' journal copies come along
         source, target = self.roles(states)
         if to is not None and to not in self.resource.nodes:
             raise UsageError(f"--to: '{to}' is not a node of {self.resource.name} ({', '.join(self.resource.nodes)})")
@@ -233,23 +242,28 @@ class DrbdFlow:
         started = time.monotonic()
         done: list[Step] = []
         attempted = False  # a step has started: from here on, a failure walks back
+        begun = False
         try:
             self.lock(lock_wait)
-            # the state may have moved while we waited for the lock: decide again, under it
-            states = self.read(probe_link=True)
+            self.journal.begin(resource=self.resource.name, source=source, target=target, token=self.flow.token,
+                               pid=os.getpid(), controller=socket.gethostname())
+            begun = True
+            # the state may have moved while we waited for the lock: decide again, under it (the same
+            # round trip puts the journal's begin on both nodes)
+            states = self.read(probe_link=True, journal=True)
             again = cmd.switch_refusals(self.resource, states, source, target)
             if again:
                 raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(again)
                                   + "; nothing was changed")
-            self.journal.begin(resource=self.resource.name, source=source, target=target, token=self.flow.token,
-                               pid=os.getpid(), controller=socket.gethostname())
-            self._ship_to_nodes()
             for step in STEPS:
                 attempted = True
                 self.run_step(step, hosts)
                 done.append(step)
+            self.journal.end("switched")  # the unlock below carries it to the nodes
         except BaseException as exc:
             if not attempted:  # refused, or the lock is held: nothing to walk back
+                if begun:
+                    self.journal.end("refused")
                 if isinstance(exc, KeyboardInterrupt):
                     raise RemoteError(f"switchover of {self.resource.name} interrupted before its first "
                                       f"step; nothing was changed") from None
@@ -258,14 +272,11 @@ class DrbdFlow:
                 reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0]
                 self.walk_back(done, exc, hosts, reason)
                 self.journal.end("walked_back")
-                self._ship_to_nodes()
             raise RemoteError(f"switchover of {self.resource.name} failed ({reason}); walked back: {source} is "
                               f"the Primary again, services answer") from None
         finally:
             with signals_deferred():
                 self.unlock()
-        self.journal.end("switched")
-        self._ship_to_nodes()
         seconds = time.monotonic() - started
         return FlowResult(ExitStatus.OK, f"{self.resource.name} switched over from {source} to {target} "
                           f"in {seconds:.1f}s; services answer on the new primary")
@@ -372,8 +383,15 @@ class DrbdFlow:
             time.sleep(1)
 
     def unlock(self) -> None:
+        """Release our lock; the journal's last records (end) travel to the nodes with it."""
         hosts = [h for h in getattr(self, "lock_hosts", self.nodes) if h.name in self.flow.locked]
-        for outcome in run_parallel(hosts, lambda h: self.backend.run(h, lockcmd.release_lines(h.paths, self.flow.token)),
-                                    self.flow.limit):
+        shipment = self.journal.take_unshipped()
+        nodes = {h.name for h in self.nodes}
+
+        def release(host: Host):
+            ship = fleet.append_lines(host.deploy_to, self.journal_name, *shipment) if host.name in nodes else []
+            return self.backend.run(host, ship + lockcmd.release_lines(host.paths, self.flow.token))
+
+        for outcome in run_parallel(hosts, release, self.flow.limit):
             if outcome.ok and outcome.value.ok:
                 self.flow.locked.discard(outcome.host.name)
