@@ -100,6 +100,7 @@ class JournalState:
     drained: dict = field(default_factory=dict)  # host -> list of {director, service, real, weight, ...}
     switched: dict = field(default_factory=dict)  # host -> release it was switched to
     previous: dict = field(default_factory=dict)  # host -> release before the run
+    gated: set = field(default_factory=set)  # hosts where the new release passed its gates
 
     @classmethod
     def replay(cls, records: list[dict]) -> "JournalState":
@@ -120,4 +121,7 @@ class JournalState:
                 state.switched[host] = record["release"]
             elif event == "switched_back":
                 state.switched.pop(host, None)
+                state.gated.discard(host)
+            elif event == "gated":
+                state.gated.add(host)
         return state

@@ -204,6 +204,9 @@ class RollingFlow(ReleaseFlow):
             self.switch_back(movers, context_of)
         self.gates(batch, lambda h: context_of(h).release_id if forward else context_of(h).previous,
                    warm=forward)
+        if forward and movers and hook_phase == "publish":
+            for host in movers:  # the new release passed its gates here: recover must not call it failed
+                self.journal.record("gated", host=host.name)
         self.restore(self.in_flight)
         with signals_deferred():
             if done is not None:
@@ -424,7 +427,10 @@ class RollingFlow(ReleaseFlow):
                     stuck.append(f"{', '.join(h.name for h in batch)}: {_about(batch, exc)}")
             was_rollback = begin.get("command") == "rollback"
             event = "deployed" if forward and not was_rollback else ("rolled_back" if forward else "failed")
-            entry = None if (was_rollback and not forward) else self.log_entry(
+            # going back from a release that passed every host's gates: it is not a failed release
+            # (rollback may still pick it); only one that did not get that far is marked failed
+            proven = not forward and set(names) <= state.gated
+            entry = None if (was_rollback and not forward) or proven else self.log_entry(
                 event, release=release, revision=revision, reason="" if forward else "recovered_after_crash")
             self.phase("finish", self.hosts, strict=False,
                        lines_for=lambda h: rel.log_and_unlock_script(h.paths, entry, self.token))

@@ -58,3 +58,16 @@ def test_journal_hands_each_record_to_the_directors_once(tmp_path):
     other = Journal(tmp_path / "other.jsonl")
     other.adopt(copy[:2])
     assert [r["event"] for r in other.unfinished()] == ["begin", "drain"]
+
+
+def test_replay_knows_where_the_new_release_passed_its_gates():
+    from dsasdeploy.execute.journal import JournalState
+    records = [{"event": "begin", "previous": {"web1": "1", "web2": "1"}},
+               {"event": "drain", "host": "web1", "director": "lb1", "service": "TCP v:80", "weight": 1},
+               {"event": "switch", "host": "web1", "release": "2"}, {"event": "gated", "host": "web1"},
+               {"event": "restored", "host": "web1"},
+               {"event": "switch", "host": "web2", "release": "2"}, {"event": "gated", "host": "web2"},
+               {"event": "switched_back", "host": "web2"}]
+    state = JournalState.replay(records)
+    assert state.gated == {"web1"}  # web2 went back: its pass no longer stands
+    assert state.switched == {"web1": "2"} and not state.drained
