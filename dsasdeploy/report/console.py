@@ -4,10 +4,25 @@ view on a terminal. The only module that imports Rich. Reporters decide nothing.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Optional, TextIO
 
 from .events import Event
+
+
+def write_lines(stream: TextIO, text: str) -> bool:
+    """Write and flush; False when the reader went away (`dsas deploy --json | head`): the run
+    goes on to its own end and exit code, its output from then on goes nowhere."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return True
+    except BrokenPipeError:
+        if stream is sys.stdout:  # later prints (and the flush at exit) must not fail either
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return False
 
 
 class JsonReporter:
@@ -17,8 +32,7 @@ class JsonReporter:
         self.stream = stream or sys.stdout
 
     def emit(self, event: Event) -> None:
-        self.stream.write(json.dumps(event.to_dict(), sort_keys=False) + "\n")
-        self.stream.flush()
+        write_lines(self.stream, json.dumps(event.to_dict(), sort_keys=False) + "\n")
 
     def close(self) -> None:
         self.stream.flush()
@@ -121,8 +135,7 @@ class PlainReporter:
         if text is None:
             return
         first, *rest = text.split("\n")
-        self.stream.write(f"{event.time} {first}\n" + "".join(f"{line}\n" for line in rest))
-        self.stream.flush()
+        write_lines(self.stream, f"{event.time} {first}\n" + "".join(f"{line}\n" for line in rest))
 
     def close(self) -> None:
         self.stream.flush()

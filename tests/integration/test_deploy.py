@@ -387,3 +387,21 @@ def test_proxyjump_in_a_stage_ssh_config_is_refused(project):
     project.write("dsas.yaml", text.replace("ssh:\n", "ssh:\n  ssh_config: stages/ssh_config\n"))
     result = project.run("deploy", "test")
     assert result.returncode == 2 and "ProxyJump" in result.stderr and "ssh.gateway" in result.stderr
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_deploy(project):
+    """`dsas deploy test --json | head -1`: the pipe closes after one line; the deploy must still
+    finish on every host and exit with its own code, not die half-way on a broken pipe."""
+    good = summary(project.run("deploy", "test", "--revision", "v1", "--json").stdout)["release"]
+    from tests.conftest import DSAS
+
+    proc = subprocess.Popen([*DSAS, "deploy", "test", "--json"], env={**os.environ, "CI": "true"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    new = [project.current(i) for i in range(3)]
+    assert len(set(new)) == 1 and new[0] != good
