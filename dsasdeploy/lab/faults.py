@@ -87,21 +87,21 @@ def _guest(lab: Lab, name: str):
     return h
 
 
-def freeze_guest(lab: Lab, name: str) -> None:
-    """Stop the whole guest (kernel and all its processes): it neither answers nor forwards."""
+def _pause(lab: Lab, name: str, stop: bool) -> None:
     _guest(lab, name)
     if lab.engine().name == "qemu":
-        os.kill(lab.pid(name), signal.SIGSTOP)
+        os.kill(lab.pid(name), signal.SIGSTOP if stop else signal.SIGCONT)
     else:
-        guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "stop")
+        guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "stop" if stop else "go")
+
+
+def freeze_guest(lab: Lab, name: str) -> None:
+    """Stop the whole guest (kernel and all its processes): it neither answers nor forwards."""
+    _pause(lab, name, True)
 
 
 def thaw_guest(lab: Lab, name: str) -> None:
-    _guest(lab, name)
-    if lab.engine().name == "qemu":
-        os.kill(lab.pid(name), signal.SIGCONT)
-    else:
-        guests.mconsole(os.path.join(lab.state, "run", name, "mconsole"), "go")
+    _pause(lab, name, False)
 
 
 def restart_guest(lab: Lab, name: str) -> float:

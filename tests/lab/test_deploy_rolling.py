@@ -380,14 +380,20 @@ def test_a_host_sick_for_its_own_reason_stays_out_and_does_not_block_the_fleet_r
     assert currents(lab) == [good] * 3
 
 
-def test_a_silent_director_fails_within_seconds_and_recover_repairs_it(lab, env):
-    """lb1 freezes while web1 is drained: no command to it may hang the run (lb.command_timeout,
-    8 s); dsas says lb1 is silent and what it left, exits 4; once lb1 answers, recover restores."""
+def _freeze_lb1_with_web1_drained(lab, env):
+    """A deploy runs; the moment web1 is drained, lb1 freezes. (good release, weights, process)"""
     good = baseline(lab, env)
     before = weights(lab)
     proc, _ = _run_until(env, ["deploy", "lab", "--json"],
                          lambda e: e["type"] == "lb" and e.get("host") == "web1" and e["status"] == "drained")
     faults.freeze_guest(lab, "lb1")
+    return good, before, proc
+
+
+def test_a_silent_director_fails_within_seconds_and_recover_repairs_it(lab, env):
+    """lb1 freezes while web1 is drained: no command to it may hang the run (lb.command_timeout,
+    8 s); dsas says lb1 is silent and what it left, exits 4; once lb1 answers, recover restores."""
+    good, before, proc = _freeze_lb1_with_web1_drained(lab, env)
     frozen_at = time.monotonic()
     try:
         out = proc.stdout.read()
@@ -408,11 +414,7 @@ def test_a_silent_director_fails_within_seconds_and_recover_repairs_it(lab, env)
 
 
 def test_ctrl_c_answers_while_a_director_hangs(lab, env):
-    good = baseline(lab, env)
-    before = weights(lab)
-    proc, _ = _run_until(env, ["deploy", "lab", "--json"],
-                         lambda e: e["type"] == "lb" and e.get("host") == "web1" and e["status"] == "drained")
-    faults.freeze_guest(lab, "lb1")
+    good, before, proc = _freeze_lb1_with_web1_drained(lab, env)
     try:
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
