@@ -73,6 +73,9 @@ def _drbd(spec: StageSpec) -> Iterator[Problem]:
     names = {h.name for h in spec.hosts}
     seen = set()
     for index, resource in enumerate(spec.drbd):
+        problem = check_name(resource.name)  # it names the switchover journal's files too
+        if problem:
+            yield ("drbd", index, "name"), problem
         if resource.name in seen:
             yield ("drbd", index, "name"), f"duplicate DRBD resource '{resource.name}'"
         seen.add(resource.name)

@@ -36,7 +36,7 @@ class PoolDriver(Protocol):
 
     def ship_journal(self) -> None: ...
 
-    def fleet_unfinished(self) -> Optional[tuple[str, list[dict]]]: ...
+    def fleet_unfinished(self, fresh_read: bool = False) -> Optional[tuple[str, list[dict]]]: ...
 
     def pool_problems(self, hosts: Sequence[Host]) -> list[str]: ...
 
@@ -112,7 +112,7 @@ class LvsDriver:
             if not outcome.ok or not outcome.value.ok:
                 reason = outcome.error or outcome.value.stderr_tail()
                 self.flow.bus.emit("warning", host=outcome.host.name,
-                                   message=f"could not copy the journal's end to this director: {reason}")
+                                   message=f"could not copy the journal's new records to this director: {reason}")
 
     def fleet_unfinished(self, fresh_read: bool = False) -> Optional[tuple[str, list[dict]]]:
         """(director, records) of an unfinished rolling release found on a director, else None

@@ -232,12 +232,10 @@ def base_argv(qemu: str, accel: str, mem: int, kernel: str, initrd: str, append:
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot"]
 
 
-def guest_argv(h: HostSpec, state: str, accel: str, params: list[str], qemu: str = QEMU,
-               cache: str | None = None) -> list[str]:
-    """The full qemu command line of lab guest `h` (pure apart from the cached kernel paths):
-    the lab state dir exported read-write, one virtio NIC per lab NIC on its tap, the DRBD disk."""
-    kernel = ensure_vmlinux(cache)
-    initrd = ensure_initrd(cache)
+def guest_argv(h: HostSpec, state: str, accel: str, params: list[str], kernel: str, initrd: str,
+               qemu: str = QEMU) -> list[str]:
+    """The full qemu command line of lab guest `h` (pure): the lab state dir exported read-write,
+    one virtio NIC per lab NIC on its tap, the DRBD disk."""
     argv = base_argv(qemu, accel, mem_mb(h.mem), kernel, initrd,
                      [f"dsas_init={state}/bin/guest-init.sh", *params], h.name)
     argv += ["-fsdev", f"local,id=lab,path={state},security_model=passthrough,multidevs=remap",
@@ -255,7 +253,7 @@ def guest_argv(h: HostSpec, state: str, accel: str, params: list[str], qemu: str
 
 def start_guest(h: HostSpec, state: str, accel: str, params: list[str], qemu: str = QEMU) -> int:
     """Launch one qemu guest in the switch namespace (its taps live there); return the qemu PID."""
-    argv = guest_argv(h, state, accel, params, qemu)
+    argv = guest_argv(h, state, accel, params, ensure_vmlinux(), ensure_initrd(), qemu)
     console = open(os.path.join(state, "logs", f"{h.name}.console"), "wb")
     p = subprocess.Popen(["ip", "netns", "exec", SWITCH_NS, *argv], stdin=subprocess.DEVNULL,
                          stdout=console, stderr=subprocess.STDOUT, start_new_session=True,

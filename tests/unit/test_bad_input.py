@@ -133,6 +133,8 @@ CASES = [
     Case("warm-memcached", {"dsas.yaml": PROJECT + "warm:\n  memcached: ['10.0.0.5:cache']\n"},
          ("warm.memcached[0]: expected host[:port]: port must be 1-65535",)),
     Case("drbd-three-nodes", {"dsas.yaml": PROJECT + DRBD}, ("drbd[0].nodes: takes at most 2 items, got 3",)),
+    Case("drbd-name-path", {"dsas.yaml": PROJECT + DRBD.replace("name: r0", "name: ../../r0")
+                            .replace("[web1, lb1, db1]", "[web1, db1]")}, ("drbd[0].name:",)),
     Case("lvs-without-lb-host", {"dsas.yaml": PROJECT + "lb:\n  driver: lvs\n",
                                  "stages/production.yaml": STAGE.replace("roles: [lb]", "roles: [web]")},
          ("dsas.yaml:7: lb.driver: lb.driver 'lvs' needs a host with role 'lb'",)),
