@@ -49,12 +49,13 @@ class ExecResult:
 class Backend(Protocol):
     """What the release flow needs from a transport."""
 
-    exec_counts: Counter
+    exec_counts: Counter  # phase scripts per host name (the "round_trips" figure)
+    beat_counts: Counter  # lock heartbeats per host name, counted apart (they depend on wall time)
 
     def connect(self, host: Host) -> None: ...
 
     def run(self, host: Host, lines: list[str], *, stdin: Optional[Path] = None,
-            strict: bool = True, timeout: Optional[float] = None) -> ExecResult: ...
+            strict: bool = True, timeout: Optional[float] = None, heartbeat: bool = False) -> ExecResult: ...
 
     def close(self) -> None: ...
 
@@ -65,6 +66,7 @@ class SshBackend:
 
     factory: SessionFactory
     exec_counts: Counter = field(default_factory=Counter)
+    beat_counts: Counter = field(default_factory=Counter)
     _connections: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -82,11 +84,13 @@ class SshBackend:
         return self._connections[host.name]
 
     def run(self, host: Host, lines: list[str], *, stdin: Optional[Path] = None,
-            strict: bool = True, timeout: Optional[float] = None) -> ExecResult:
-        """Run `lines` as one POSIX sh script on `host`; non-zero exit is returned, not raised."""
+            strict: bool = True, timeout: Optional[float] = None, heartbeat: bool = False) -> ExecResult:
+        """Run `lines` as one POSIX sh script on `host`; non-zero exit is returned, not raised.
+
+        A `heartbeat` exec is tallied in `beat_counts`, every other one in `exec_counts`."""
         cxn = self._connection(host)
         with self._lock:
-            self.exec_counts[host.name] += 1
+            (self.beat_counts if heartbeat else self.exec_counts)[host.name] += 1
         command = as_sh_command(script(lines, strict=strict))
         return exec_channel(cxn, host.name, command, stdin, timeout or self.factory.ssh.command_timeout)
 

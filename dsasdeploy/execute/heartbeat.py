@@ -50,7 +50,7 @@ class Heartbeat:
             self.beats[host.name] = time.monotonic()
         token = self.token()
         run_parallel(hosts, lambda h: self.backend.run(h, lockcmd.heartbeat_lines(h.paths, token),
-                                                       timeout=BEAT_TIMEOUT), self.limit)
+                                                       timeout=BEAT_TIMEOUT, heartbeat=True), self.limit)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.tick):

@@ -157,6 +157,8 @@ def _summary(command: str, result: FlowResult, flow: Optional[ReleaseFlow], back
                          for name, rec in flow.records.items()}
     if backend is not None:
         data["round_trips"] = dict(backend.exec_counts)
+        if backend.beat_counts:
+            data["heartbeats"] = dict(backend.beat_counts)
     return {k: v for k, v in data.items() if v is not None}
 
 
