@@ -11,14 +11,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from fabric import Connection
 
 from ..commands.base import Marker, as_sh_command, parse_markers, script
 from ..errors import RemoteError
 from ..inventory import Host
+from .hostkeys import pin_host_key
 from .session import SessionFactory
+
+Opener = Callable[[str, int, float], object]  # (address, port, timeout) -> a socket-like stream
 
 STREAM_CHUNK = 256 * 1024
 
@@ -57,6 +60,15 @@ class Backend(Protocol):
     def run(self, host: Host, lines: list[str], *, stdin: Optional[Path] = None,
             strict: bool = True, timeout: Optional[float] = None, heartbeat: bool = False) -> ExecResult: ...
 
+    def tcp_opener(self, host: Host) -> "Opener": ...
+
+    def pin_host_key(self, known_hosts_name: str, line: str) -> Optional[str]: ...
+
+    def public_key_line(self) -> str: ...
+
+    @property
+    def warnings(self) -> list[str]: ...
+
     def close(self) -> None: ...
 
 
@@ -94,12 +106,39 @@ class SshBackend:
         command = as_sh_command(script(lines, strict=strict))
         return exec_channel(cxn, host.name, command, stdin, timeout or self.factory.ssh.command_timeout)
 
+    def tcp_opener(self, host: Host) -> Opener:
+        """Opens TCP streams from `host`'s side of its SSH connection (health checks via ssh)."""
+        return ssh_opener(self._connection(host))
+
+    def pin_host_key(self, known_hosts_name: str, line: str) -> Optional[str]:
+        """Trust `line` as the key of `known_hosts_name` from now on; returns the key it replaced."""
+        return pin_host_key(self.factory.policy, known_hosts_name, line)
+
+    def public_key_line(self) -> str:
+        """The OpenSSH public key line of the identity this run logs in with."""
+        return self.factory.public_key_line()
+
+    @property
+    def warnings(self) -> list[str]:
+        """What loading the host keys found worth telling (skipped known_hosts lines, ...)."""
+        return list(self.factory.policy.warnings)
+
     def close(self) -> None:
         with self._lock:
             connections, self._connections = list(self._connections.values()), {}
         for cxn in connections:
             cxn.close()
         self.factory.close()
+
+
+def ssh_opener(connection: Connection) -> Opener:
+    """Open TCP streams from the host's side of its SSH connection."""
+    def open_stream(address: str, port: int, timeout: float):
+        transport = connection.client.get_transport()
+        channel = transport.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout)
+        channel.settimeout(timeout)
+        return channel
+    return open_stream
 
 
 def exec_channel(cxn: Connection, label: str, command: str, stdin: Optional[Path],

@@ -25,16 +25,6 @@ def direct_opener(address: str, port: int, timeout: float):
     return socket.create_connection((address, port), timeout=timeout)
 
 
-def ssh_opener(connection) -> Opener:
-    """Open TCP streams from the host's side of its SSH connection."""
-    def open_stream(address: str, port: int, timeout: float):
-        transport = connection.client.get_transport()
-        channel = transport.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout)
-        channel.settimeout(timeout)
-        return channel
-    return open_stream
-
-
 class _Connection(http.client.HTTPConnection):
     def __init__(self, address: str, port: int, timeout: float, opener: Opener):
         super().__init__(address, port, timeout=timeout)

@@ -45,9 +45,9 @@ from ..plan import provision as plan
 from ..report.events import EventBus
 from ..scm import build_archive, open_repository, resolve
 from ..status import ExitStatus
-from .backend import SshBackend
+from .backend import Backend
 from .flow import FlowResult, ReleaseFlow, _one_line
-from .hostkeys import fingerprint, key_from_line, pin_host_key
+from .hostkeys import fingerprint, key_from_line
 from .ipmi import Bmc
 from .pool import signals_deferred
 
@@ -105,7 +105,7 @@ class ProvisionJournal:
 class AddServer:
     """Runs the add-server steps for one request."""
 
-    def __init__(self, stage: Stage, request: plan.AddRequest, backend: SshBackend, bus: EventBus, bmc: Bmc,
+    def __init__(self, stage: Stage, request: plan.AddRequest, backend: Backend, bus: EventBus, bmc: Bmc,
                  journal: ProvisionJournal, reinstall: bool = False, lock_wait: float = 0,
                  install_timeout: Optional[float] = None, clock: Callable[[], float] = time.monotonic):
         self.stage, self.request, self.backend, self.bus, self.bmc = stage, request, backend, bus, bmc
@@ -151,7 +151,7 @@ class AddServer:
     def boot_files(self, token: Optional[str] = None) -> plan.BootFiles:
         try:
             return plan.render_boot_files(self.stage.project_dir, self.request, self.provision,
-                                          token or self.token(), self.backend.factory.public_key_line())
+                                          token or self.token(), self.backend.public_key_line())
         except jinja2.TemplateNotFound as exc:
             raise UsageError(f"{plan.TEMPLATES_DIR}/{exc.name}: template not found (profile "
                              f"'{self.request.profile}')") from None
@@ -174,7 +174,7 @@ class AddServer:
         failed_step = "validate"
         if self.journal.done("install") and self.journal.data.get("hostkey"):
             # pinned in an earlier run; with $DSAS_KNOWN_HOSTS the pin lived in memory only
-            pin_host_key(self.backend.factory.policy, self.new_host.known_hosts_name, self.journal.data["hostkey"])
+            self.backend.pin_host_key(self.new_host.known_hosts_name, self.journal.data["hostkey"])
         try:
             for name in plan.STEPS:
                 rerun = name == "boot_files" and not self.journal.done("install")  # idempotent; picks up fixes
@@ -349,7 +349,7 @@ class AddServer:
         problems = plan.check_callback(callback, self.request, self.token())
         if problems:
             raise RemoteError("the install callback does not come from this install: " + "; ".join(problems))
-        replaced = pin_host_key(self.backend.factory.policy, self.new_host.known_hosts_name, callback.hostkey)
+        replaced = self.backend.pin_host_key(self.new_host.known_hosts_name, callback.hostkey)
         if replaced:
             self.bus.emit("warning", host=self.request.name,
                           message=f"replaced the old pinned key {replaced} of {self.new_host.known_hosts_name}")

@@ -28,7 +28,7 @@ from ..plan.hooks import remote_hooks
 from ..plan.rollout import max_unavailable, plan_batches
 from ..status import ExitStatus
 from .flow import FlowResult, HostRecord, ReleaseFlow, pid_alive, without_host
-from .gates import direct_opener, health_gate, ssh_opener, warm_gate
+from .gates import direct_opener, health_gate, warm_gate
 from .journal import Journal, JournalState, journal_path
 from .lb import make_driver
 from .pool import run_parallel, signals_deferred
@@ -247,7 +247,7 @@ class RollingFlow(ReleaseFlow):
 
         def opener_for(host: Host):
             if settings.health is not None and settings.health.via == "ssh":
-                return ssh_opener(self.backend._connection(host))  # noqa: SLF001 - same run's connection
+                return self.backend.tcp_opener(host)
             return direct_opener
 
         def check(host: Host) -> Optional[str]:

@@ -114,7 +114,7 @@ def run_remote(command: str, stage_name: str, options: Options,
                 raise UsageError(f"no selected host of stage '{stage_name}' has a role that receives releases")
         backend = SshBackend(SessionFactory(stage.settings.ssh, stage.project_dir, options.accept_new_host_keys,
                                             blame=stage.blame))
-        for warning in backend.factory.policy.warnings:
+        for warning in backend.warnings:
             bus.emit("warning", message=warning)
         flow_class = RollingFlow if stage.settings.lb is not None else ReleaseFlow
         flow = flow_class(stage, hosts, backend, bus)
