@@ -14,6 +14,7 @@ import pytest
 from dsasdeploy.devhosts import SSHD, DevHosts
 from tests.support.apprepo import make_app_repo
 
+os.environ.setdefault("DSAS_STRICT_EVENTS", "1")
 DSAS = [sys.executable, "-m", "dsasdeploy"]
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 
+import jsonschema
+
 from dsasdeploy.report.console import JsonReporter, PlainReporter, RichReporter
+from dsasdeploy.report.event_types import EVENTS_SCHEMA_PATH
 from dsasdeploy.report.events import EventBus
 
 
@@ -39,6 +42,9 @@ def test_json_lines_parse_back():
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["type"] for e in events] == ["run_started", "batch", "lb", "host_phase", "gate", "summary"]
     assert all(e["schema"] == 1 and e["stage"] == "lab" for e in events)
+    schema = json.loads(EVENTS_SCHEMA_PATH.read_text())
+    for event in events:
+        jsonschema.validate(event, schema)
 
 
 def test_rich_table_shows_batch_pool_gates():
