@@ -125,3 +125,14 @@ def test_fleet_copy_whose_last_record_lost_its_newline(tmp_path):
 
 def test_fleet_without_a_copy_marker_reads_as_nothing():
     assert fleet.parse("") == [] and fleet.parse(f"{fleet.END}\n") == []
+
+
+def test_keepalived_is_read_from_its_own_line_not_from_the_journal_copy(tmp_path):
+    """A journal record naming a host or controller 'keepalived-…' does not mean keepalived runs."""
+    deploy_to = str(tmp_path)
+    sh(fleet.append_lines(deploy_to, "prod", [json.dumps({"event": "begin", "controller": "keepalived-admin"})],
+                          fresh=True))
+    copy = sh(fleet.read_lines(deploy_to, "prod"))
+    table = "-A -t 10.77.1.10:80 -s wrr\n" + lvs.SPLIT + "\n" + lvs.SPLIT + "\n"
+    assert lvs.parse_read(table + "expire_quiescent_template=0\n" + copy)[1] is False
+    assert lvs.parse_read(table + "keepalived\nexpire_quiescent_template=0\n" + copy)[1] is True

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..base import Marker, q, split_at_marker
+from ..base import Marker, q, split_at_marker, text_before_marker
 
 METHOD_FLAGS = {"-m": "Masq", "-g": "Route", "-i": "Tunnel"}
 FLAG_OF_METHOD = {v: k for k, v in METHOD_FLAGS.items()}
@@ -100,7 +100,8 @@ def parse_read(stdout: str) -> tuple[dict[str, VirtualService], bool]:
                                         active, inactive)
         merged[key] = VirtualService(service.proto, service.address, service.scheduler, service.flags,
                                      service.persistent, reals)
-    keepalived = len(parts) > 2 and "keepalived" in parts[2]
+    # its own lines only: a journal copy read in the same round trip follows them
+    keepalived = len(parts) > 2 and "keepalived" in text_before_marker(parts[2])
     return merged, keepalived
 
 
