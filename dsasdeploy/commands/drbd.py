@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..config.schema import DrbdResource
-from .base import MARK, mark, mark_literal, q
+from .base import MARK, Marker, mark, mark_literal, marked_text, parse_markers, q
 
 PROC_LINE = re.compile(r"^\s*(\d+): cs:(\S+) ro:(\S+)/(\S+) ds:(\S+)/(\S+) (\S) (\S+)")
 SYNC_STATES = ("SyncSource", "SyncTarget", "PausedSyncS", "PausedSyncT", "VerifyS", "VerifyT",
                "StartingSyncS", "StartingSyncT", "WFBitMapS", "WFBitMapT", "WFSyncUUID")
-SECTION = f"{MARK} section"
+SECTION_KEY = "section"  # `DSAS section proc|json|end`: what follows is raw output
+SECTION = f"{MARK} {SECTION_KEY}"
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,9 @@ def parse_status(stdout: str, resource: DrbdResource) -> NodeState:
     minor = _minor(resource.device)
     proc_info = parse_proc_drbd(proc, minor) if proc.strip() else {}
     markers: dict[str, list[str]] = {}
-    for line in stdout.splitlines():
-        if line.startswith(MARK + " ") and not line.startswith(SECTION):
-            _, key, *rest = line.split(" ", 2)
-            markers.setdefault(key, []).append(rest[0] if rest else "")
+    for marker in parse_markers(stdout):
+        if marker.key != SECTION_KEY:
+            markers.setdefault(marker.key, []).append(marker.value)
     if not info:
         info = dict(proc_info)
         role = (markers.get("role", [""])[0] or "").split("/")
@@ -204,11 +204,8 @@ def parse_status(stdout: str, resource: DrbdResource) -> NodeState:
 
 
 def _section(stdout: str, name: str) -> str:
-    start = f"{SECTION} {name}\n"
-    if start not in stdout:
-        return ""
-    rest = stdout.split(start, 1)[1]
-    return rest.split(f"\n{SECTION} ", 1)[0] if f"\n{SECTION} " in rest else rest.split(f"{SECTION} ", 1)[0]
+    """What the status script printed under `DSAS section <name>` ('' if nothing)."""
+    return marked_text(stdout, Marker(SECTION_KEY, name)) or ""
 
 
 def _minor(device: str) -> Optional[int]:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 from typing import Optional
 
-from .base import MARK, q
+from .base import Marker, marked_text, q
 
-BEGIN, END = f"{MARK} fleet-journal", f"{MARK} fleet-journal-end"
+COPY_FOLLOWS = Marker("fleet-journal")  # the copy is what follows this line, up to the next marker (END)
+BEGIN, END = COPY_FOLLOWS.line, Marker("fleet-journal-end").line
 
 
 def journal_file(deploy_to: str, stage: str) -> str:
@@ -42,13 +43,15 @@ def read_lines(deploy_to: str, stage: str) -> list[str]:
 
 def parse(stdout: str) -> list[dict]:
     """The records of the copy printed by read_lines (torn lines skipped)."""
-    if BEGIN not in stdout:
+    body = marked_text(stdout, COPY_FOLLOWS)
+    if body is None:
         return []
-    body = stdout.split(BEGIN + "\n", 1)[1].split(END, 1)[0]
     records = []
     for line in body.splitlines():
+        # a copy whose last record lost its newline (a torn append) has END on that line
+        record, _, _ = line.partition(END)
         try:
-            value = json.loads(line)
+            value = json.loads(record)
         except json.JSONDecodeError:
             continue
         if isinstance(value, dict):

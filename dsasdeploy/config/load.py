@@ -13,12 +13,12 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, UsageError
 from ..identity import local_user
-from ..inventory import Host, Stage
 from .messages import did_you_mean, error_message
 from .names import check_name
 from .rules import check_rules
 from .schema import StageSpec
 from .source import YamlDocument, format_key_path, load_yaml
+from .stage import Host, Stage
 
 PROJECT_FILE = "dsas.yaml"
 STAGES_DIR = "stages"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..inventory import Host, Stage
+from ..config.stage import Host, Stage
 
 
 def hook_name(when: str, phase: str, index: int) -> str:

@@ -16,7 +16,7 @@ from typing import Optional
 import jinja2
 
 from ..config.schema import BUILTIN_ROLES, InstallProfile, Provision
-from ..inventory import Stage
+from ..config.stage import Stage
 
 TEMPLATES_DIR = "recipes/templates"
 HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..base import MARK, q
+from ..base import Marker, q, split_at_marker, text_before_marker
 
 METHOD_FLAGS = {"-m": "Masq", "-g": "Route", "-i": "Tunnel"}
 FLAG_OF_METHOD = {v: k for k, v in METHOD_FLAGS.items()}
@@ -24,7 +24,8 @@ FLAG_OF_PROTO = {"TCP": "-t", "UDP": "-u", "FWM": "-f", "SCTP": "--sctp-service"
 # Schedulers whose weight-0 handling was reviewed (PROCEDURES §1.2): weight 0 = quiesced.
 DRAINABLE_SCHEDULERS = ("rr", "wrr", "lc", "wlc")
 HASH_SCHEDULERS = ("sh", "mh", "dh")
-SPLIT = f"{MARK} section list"
+LIST_SECTION = Marker("section", "list")  # the line between rules, counters and the rest
+SPLIT = LIST_SECTION.line
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def parse_expire_quiescent_template(stdout: str) -> Optional[int]:
 
 def parse_read(stdout: str) -> tuple[dict[str, VirtualService], bool]:
     """The director's services with their real servers, and whether keepalived runs."""
-    parts = stdout.split(SPLIT + "\n")
+    parts = split_at_marker(stdout, LIST_SECTION)
     if len(parts) < 2:
         raise ValueError("unexpected ipvsadm output (no section marker)")
     services = parse_save(parts[0])
@@ -99,7 +100,8 @@ def parse_read(stdout: str) -> tuple[dict[str, VirtualService], bool]:
                                         active, inactive)
         merged[key] = VirtualService(service.proto, service.address, service.scheduler, service.flags,
                                      service.persistent, reals)
-    keepalived = len(parts) > 2 and "keepalived" in parts[2]
+    # its own lines only: a journal copy read in the same round trip follows them
+    keepalived = len(parts) > 2 and "keepalived" in text_before_marker(parts[2])
     return merged, keepalived
 
 
