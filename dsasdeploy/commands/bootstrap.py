@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Mapping, Sequence
 
-from .base import mark, q
+from ..paths import ReleasePaths
+from .base import Marker, mark, q
 from .pxe import install_files_script
 
 
@@ -36,3 +38,23 @@ def bootstrap_script(hostname: str, deploy_user: str, deploy_to: str, dirs: Sequ
     if deploy_user != "root":
         lines.append(f"chown -R {q(deploy_user)} {q(deploy_to)}")
     return lines
+
+
+def read_shared_files_script(paths: ReleasePaths, names: Sequence[str]) -> list[str]:
+    """On a peer: one `file` marker per shared file that exists: its name, mode and content (base64)."""
+    lines = []
+    for name in names:
+        path = q(paths.shared_path(name))
+        lines.append(f"[ -f {path} ] && " + mark("file", f"{name} $(stat -c %a {path}) $(base64 < {path} | tr -d '\\n')"))
+    return lines
+
+
+def parse_shared_files(markers: Sequence[Marker]) -> dict[str, tuple[str, str]]:
+    """name -> (content, mode) from the `file` markers of read_shared_files_script (mode 640 if unreadable)."""
+    found = {}
+    for marker in markers:
+        if marker.key == "file":
+            name, mode, data = (marker.value.split(" ", 2) + ["", ""])[:3]
+            mode = mode if mode.isdigit() and len(mode) in (3, 4) else "640"
+            found[name] = (base64.b64decode(data).decode(), mode)
+    return found

@@ -13,11 +13,12 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from ..paths import ReleasePaths
-from .base import MARK, mark, q
+from .base import MARK, Marker, mark, q
 
 HEARTBEAT_EVERY = 10.0  # seconds between two heartbeats of a run holding the lock
 HEARTBEAT_STALE = 45  # a heartbeat older than this (host clock) means the run is gone
 
+ACQUIRED, HELD, RELEASED = Marker("lock", "acquired"), Marker("lock", "held"), Marker("lock", "released")
 LOCK_FIELDS = ("token", "owner", "controller", "pid", "stage", "since", "revision", "command")
 
 
@@ -113,6 +114,11 @@ def _holder_lines(paths: ReleasePaths) -> list[str]:
         f"hb=$(head -c 20 {q(heartbeat_path(paths))} 2>/dev/null || true)",
         'case "$hb" in ""|*[!0-9]*) ;; *) ' + mark("lockbeat", '$(( $(date +%s) - hb ))') + ";; esac",
     ]
+
+
+def create_and_acquire_lines(paths: ReleasePaths, owner: LockOwner) -> list[str]:
+    """On a host without a release layout (a DRBD node): create deploy_to, then `acquire_lines`."""
+    return [f"mkdir -p {q(paths.deploy_to)}"] + acquire_lines(paths, owner)
 
 
 def acquire_lines(paths: ReleasePaths, owner: LockOwner) -> list[str]:

@@ -21,12 +21,11 @@ from typing import Callable, Optional
 from ..commands import drbd as cmd
 from ..commands import fleet_journal as fleet
 from ..commands import lock as lockcmd
-from ..commands.base import q
 from ..config.schema import DrbdResource
 from ..errors import DsasError, IncompleteRestore, LockHeld, RemoteError, UsageError
 from ..inventory import Host
 from ..status import ExitStatus
-from .flow import FlowResult, ReleaseFlow
+from .context import FlowResult, RunContext
 from .journal import Journal, journal_path
 from .pool import run_parallel, signals_deferred, signals_held
 
@@ -75,34 +74,38 @@ def _roles_text(states) -> str:
 
 
 class DrbdFlow:
-    """`dsas drbd status|switchover` for one resource, on a ReleaseFlow's connections and events."""
+    """`dsas drbd status|switchover|recover` for one resource, on a run's context (connections, events)."""
 
-    def __init__(self, flow: ReleaseFlow, resource: DrbdResource):
-        self.flow, self.resource = flow, resource
-        by_name = {h.name: h for h in flow.stage.hosts}
+    def __init__(self, ctx: RunContext, resource: DrbdResource):
+        self.ctx, self.resource = ctx, resource
+        by_name = {h.name: h for h in ctx.stage.hosts}
         self.nodes = [by_name[n] for n in resource.nodes]
-        self.bus, self.backend = flow.bus, flow.backend
+        # the switchover takes the stage lock on both nodes and every release host: no deploy meanwhile
+        names = {h.name for h in self.nodes}
+        self.lock_hosts = list(self.nodes) + [h for h in ctx.stage.release_hosts() if h.name not in names]
         # the switchover's journal: here, and a copy on each node (the record of a step travels
         # with the step's own script, to the node it runs on): `dsas drbd recover` reads them
-        self.journal_name = f"drbd-{flow.stage.name}-{resource.name}"
-        self.journal = Journal(journal_path(flow.stage.project_dir, self.journal_name))
+        self.journal_name = f"drbd-{ctx.stage.name}-{resource.name}"
+        self.journal = Journal(journal_path(ctx.stage.project_dir, self.journal_name))
         self.node_copies: dict[str, list[dict]] = {}  # node -> its copy, when a read brought it along
 
     # ---- the switchover journal ------------------------------------------------------
 
-    def _ship_lines(self, host: Host) -> list[str]:
+    def ship_lines(self, host: Host) -> list[str]:
+        """The journal's records not yet on `host`, as lines that go before a step's own."""
         records, fresh = self.journal.take_unshipped()
         return fleet.append_lines(host.deploy_to, self.journal_name, records, fresh)
 
-    def _ship_to_nodes(self) -> None:
+    def ship_to_nodes(self) -> None:
         """The records not yet on the nodes (begin, end) to both, in one round trip each; best effort."""
         records, fresh = self.journal.take_unshipped()
         if not records:
             return
-        for outcome in run_parallel(self.nodes, lambda h: self.backend.run(
+        for outcome in run_parallel(self.nodes, lambda h: self.ctx.backend.run(
                 h, fleet.append_lines(h.deploy_to, self.journal_name, records, fresh)), 2):
             if not outcome.ok or not outcome.value.ok:
-                self.bus.emit("warning", host=outcome.host.name, message="could not copy the switchover journal here")
+                self.ctx.bus.emit("warning", host=outcome.host.name,
+                                  message="could not copy the switchover journal here")
 
     def unfinished_run(self) -> Optional[tuple[str, list[dict]]]:
         """(where, records) of a switchover that never ended: this controller's journal first,
@@ -111,7 +114,7 @@ class DrbdFlow:
         if records:
             return str(self.journal.path), records
         if not self.node_copies:  # not read along with the state yet: one round trip per node
-            for outcome in run_parallel(self.nodes, lambda h: self.backend.run(
+            for outcome in run_parallel(self.nodes, lambda h: self.ctx.backend.run(
                     h, fleet.read_lines(h.deploy_to, self.journal_name)), 2):
                 if outcome.ok and outcome.value.ok:
                     self.node_copies[outcome.host.name] = fleet.parse(outcome.value.stdout)
@@ -133,12 +136,13 @@ class DrbdFlow:
         whether each node reaches its peer's replication address now; `journal`: the same round
         trip appends the journal's new records to each node's copy and reads the copy back)."""
         shipment = self.journal.take_unshipped() if journal else ([], False)
+        backend = self.ctx.backend
 
         def one(host: Host) -> cmd.NodeState:
-            self.backend.connect(host)
+            backend.connect(host)
             extra = fleet.append_lines(host.deploy_to, self.journal_name, *shipment) + \
                 fleet.read_lines(host.deploy_to, self.journal_name) if journal else []
-            result = self.backend.run(host, extra + cmd.status_script(self.resource, probe_link))
+            result = backend.run(host, extra + cmd.status_script(self.resource, probe_link))
             if not result.ok:
                 raise RemoteError(f"{host.name}: cannot read DRBD state: {result.stderr_tail()}")
             if journal:
@@ -149,8 +153,13 @@ class DrbdFlow:
         for outcome in run_parallel(self.nodes, one, 2):
             states[outcome.host.name] = outcome.value if outcome.ok else None
             if not outcome.ok:
-                self.bus.emit("warning", host=outcome.host.name, message=str(outcome.error).splitlines()[0])
+                self.ctx.bus.emit("warning", host=outcome.host.name, message=str(outcome.error).splitlines()[0])
         return states
+
+    @property
+    def health_timeout(self) -> float:
+        """How long the services may take to answer after a move: their checks' longest timeout."""
+        return max((s.check.timeout for s in self.resource.services if s.check), default=0)
 
     def roles(self, states) -> tuple[Optional[str], Optional[str]]:
         primary = [n for n, s in states.items() if s is not None and s.role == "Primary"]
@@ -195,17 +204,30 @@ class DrbdFlow:
                 data.update(role=state.role, peer_role=state.peer_role, cstate=state.cstate, disk=state.disk,
                             peer_disk=state.peer_disk, out_of_sync_kb=state.out_of_sync_kb,
                             sync_done=state.sync_done, mounted=state.mounted, service_ip=state.has_service_ip)
-            self.bus.emit("drbd_state", host=name, message=state.describe() if state else "unreachable", **data)
+            self.ctx.bus.emit("drbd_state", host=name, message=state.describe() if state else "unreachable", **data)
         verdict = "safe to switch over" if not refusals else "NOT safe to switch over: " + "; ".join(refusals)
-        self.bus.emit("drbd_verdict", status="safe" if not refusals else "unsafe", message=verdict,
-                      resource=self.resource.name, primary=source, reasons=refusals)
+        self.ctx.bus.emit("drbd_verdict", status="safe" if not refusals else "unsafe", message=verdict,
+                          resource=self.resource.name, primary=source, reasons=refusals)
         return FlowResult(ExitStatus.OK, f"{self.resource.name}: primary {source or '?'}; {verdict}")
 
     # ---- switching over --------------------------------------------------------------
 
     def switchover(self, to: Optional[str], dry_run: bool, lock_wait: float) -> FlowResult:
-        states = self.read(probe_link=True, journal=True)  # the nodes' journal copies come along
-        source, target = self.roles(states)
+        """Move the Primary (and filesystem, service IP, services) to the peer: see Switchover."""
+        return Switchover(self).run(to, dry_run, lock_wait)
+
+
+class Switchover:
+    """One planned switchover of a resource: refuse on any doubt, then the steps, each verified;
+    a failed step walks back to the original primary. The stage lock is held throughout."""
+
+    def __init__(self, drbd: DrbdFlow):
+        self.drbd, self.ctx, self.resource, self.journal = drbd, drbd.ctx, drbd.resource, drbd.journal
+        self.lock = SwitchoverLock(drbd)
+
+    def run(self, to: Optional[str], dry_run: bool, lock_wait: float) -> FlowResult:
+        states = self.drbd.read(probe_link=True, journal=True)  # the nodes' journal copies come along
+        source, target = self.drbd.roles(states)
         if to is not None and to not in self.resource.nodes:
             raise UsageError(f"--to: '{to}' is not a node of {self.resource.name} ({', '.join(self.resource.nodes)})")
         if to is not None and source is not None and to == source:
@@ -215,28 +237,28 @@ class DrbdFlow:
             [f"no single Primary ({_roles_text(states)})"]
         if source and not refusals:
             refusals += [f"services on {source} are not healthy now: {p}" for p in
-                         self.services_healthy(source, states[source])]
-        unfinished = self.unfinished_run()
+                         self.drbd.services_healthy(source, states[source])]
+        unfinished = self.drbd.unfinished_run()
         if unfinished:
             where, records = unfinished
             raise LockHeld(f"an earlier switchover of {self.resource.name} never finished (from "
                            f"{records[0].get('source')} to {records[0].get('target')}, since "
                            f"{records[0].get('time', '?')[:19]}; journal: {where}): run `dsas drbd recover "
-                           f"{self.flow.stage.name}` first; nothing was changed")
-        refusals += self.stage_lock_problems()
+                           f"{self.ctx.stage.name}` first; nothing was changed")
+        refusals += self.lock.problems()
         if refusals:
             raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(refusals)
                               + "; nothing was changed")
-        hosts = {"source": next(h for h in self.nodes if h.name == source),
-                 "target": next(h for h in self.nodes if h.name == target)}
-        self.bus.emit("drbd_verdict", status="safe", resource=self.resource.name, primary=source, reasons=[],
-                      message=f"switching {self.resource.name} from {source} to {target}")
+        hosts = {"source": next(h for h in self.drbd.nodes if h.name == source),
+                 "target": next(h for h in self.drbd.nodes if h.name == target)}
+        self.ctx.bus.emit("drbd_verdict", status="safe", resource=self.resource.name, primary=source, reasons=[],
+                          message=f"switching {self.resource.name} from {source} to {target}")
         if dry_run:
             for step in STEPS:
                 if step.build is not None:
                     host = hosts[step.on]
-                    self.bus.emit("script", host=host.name, phase=step.name,
-                                  script="\n".join(step.build(self.resource)) + "\n")
+                    self.ctx.bus.emit("script", host=host.name, phase=step.name,
+                                      script="\n".join(step.build(self.resource)) + "\n")
             return FlowResult(ExitStatus.OK, f"dry run: {self.resource.name} would move from {source} to {target}; "
                               f"nothing was changed")
         started = time.monotonic()
@@ -244,13 +266,13 @@ class DrbdFlow:
         attempted = False  # a step has started: from here on, a failure walks back
         begun = False
         try:
-            self.lock(lock_wait)
-            self.journal.begin(resource=self.resource.name, source=source, target=target, token=self.flow.token,
+            self.lock.take(lock_wait)
+            self.journal.begin(resource=self.resource.name, source=source, target=target, token=self.ctx.token,
                                pid=os.getpid(), controller=socket.gethostname())
             begun = True
             # the state may have moved while we waited for the lock: decide again, under it (the same
             # round trip puts the journal's begin on both nodes)
-            states = self.read(probe_link=True, journal=True)
+            states = self.drbd.read(probe_link=True, journal=True)
             again = cmd.switch_refusals(self.resource, states, source, target)
             if again:
                 raise RemoteError(f"refusing to switch over {self.resource.name}: " + "; ".join(again)
@@ -276,7 +298,7 @@ class DrbdFlow:
                               f"the Primary again, services answer") from None
         finally:
             with signals_deferred():
-                self.unlock()
+                self.lock.release()
         seconds = time.monotonic() - started
         return FlowResult(ExitStatus.OK, f"{self.resource.name} switched over from {source} to {target} "
                           f"in {seconds:.1f}s; services answer on the new primary")
@@ -286,9 +308,8 @@ class DrbdFlow:
         name = f"undo {step.name}" if undo else step.name
         started = time.monotonic()
         if step.build is None:  # health
-            problems = self.services_healthy(host.name, self.read().get(host.name),
-                                             deadline=max((s.check.timeout for s in self.resource.services
-                                                           if s.check), default=0))
+            problems = self.drbd.services_healthy(host.name, self.drbd.read().get(host.name),
+                                                  deadline=self.drbd.health_timeout)
             ok, reason = not problems, "; ".join(problems)
         else:
             lines = (step.undo if undo else step.build)(self.resource)
@@ -296,11 +317,11 @@ class DrbdFlow:
                 return
             self.journal.record("step", name=step.name, on=host.name, undo=undo)
             with signals_held():  # e.g. `drbdadm primary` finishes before any walk back starts
-                result = self.backend.run(host, self._ship_lines(host) + lines)
+                result = self.ctx.backend.run(host, self.drbd.ship_lines(host) + lines)
             ok, reason = result.ok, result.stderr_tail() or f"exit {result.exit_code}"
         seconds = round(time.monotonic() - started, 3)
-        self.bus.emit("drbd_step", host=host.name, phase=name, status="ok" if ok else "failed", seconds=seconds,
-                      message=None if ok else reason)
+        self.ctx.bus.emit("drbd_step", host=host.name, phase=name, status="ok" if ok else "failed",
+                          seconds=seconds, message=None if ok else reason)
         if not ok:
             raise RemoteError(f"{name} on {host.name} failed: {reason}")
 
@@ -321,12 +342,11 @@ class DrbdFlow:
                 break
         if not problems:
             source = hosts["source"].name
-            health = self.services_healthy(source, self.read().get(source),
-                                           deadline=max((s.check.timeout for s in self.resource.services
-                                                         if s.check), default=0))
+            health = self.drbd.services_healthy(source, self.drbd.read().get(source),
+                                                deadline=self.drbd.health_timeout)
             problems += [f"after walking back, {source}: {p}" for p in health]
         if problems:
-            states = self.read()
+            states = self.drbd.read()
             state_text = "; ".join(f"{n}: {s.describe() if s else 'unreachable'}" for n, s in states.items())
             source, target = hosts["source"].name, hosts["target"].name
             raise IncompleteRestore(
@@ -336,62 +356,70 @@ class DrbdFlow:
                 f"the newest data, `drbdadm primary {self.resource.name}` (safe there even while the "
                 f"replication link is down; never on {target}, never --force), mount {self.resource.mount}, "
                 f"add the service IP and start the services; repair the link after: DRBD reconnects by itself. "
-                f"Or fix what failed and run `dsas drbd recover {self.flow.stage.name}`, which does that and "
+                f"Or fix what failed and run `dsas drbd recover {self.ctx.stage.name}`, which does that and "
                 f"closes this switchover's journal.")
 
-    # ---- the stage lock ----------------------------------------------------------------
 
-    def stage_lock_problems(self) -> list[str]:
+class SwitchoverLock:
+    """The stage lock a switchover holds on its DrbdFlow's lock_hosts (both nodes and every release
+    host): no deploy runs meanwhile. Giving it back carries the journal's last records to the nodes."""
+
+    def __init__(self, drbd: DrbdFlow):
+        self.drbd, self.ctx = drbd, drbd.ctx
+
+    def problems(self) -> list[str]:
         """A deploy and a switchover never overlap: the release hosts' lock must be free."""
-        hosts = [h for h in self.flow.stage.release_hosts()]
+        ctx = self.ctx
         problems = []
 
         def read(host: Host):
-            self.backend.connect(host)
-            return self.backend.run(host, lockcmd.report_lines(host.paths))
+            ctx.backend.connect(host)
+            return ctx.backend.run(host, lockcmd.report_lines(host.paths))
 
-        for outcome in run_parallel(hosts, read, self.flow.limit):
-            if outcome.ok and "DSAS lock held" in outcome.value.stdout:
+        for outcome in run_parallel(ctx.stage.release_hosts(), read, ctx.limit):
+            if outcome.ok and lockcmd.HELD in outcome.value.markers:
                 problems.append(f"the stage lock is held on {outcome.host.name} (a deploy is running)")
             elif not outcome.ok:
                 problems.append(f"cannot read the stage lock on {outcome.host.name}: {outcome.error}")
         return problems
 
-    def lock(self, lock_wait: float) -> None:
-        owner = self.flow.lock_owner("drbd switchover", self.resource.name)
+    def take(self, lock_wait: float) -> None:
+        """The stage lock on every lock host (both nodes, the release hosts), or none: waits up to
+        `lock_wait` seconds."""
+        ctx = self.ctx
+        owner = ctx.lock_owner("drbd switchover", self.drbd.resource.name)
         deadline = time.monotonic() + lock_wait
-        names = {h.name for h in self.nodes}
-        self.lock_hosts = list(self.nodes) + [h for h in self.flow.stage.release_hosts() if h.name not in names]
+
+        def take(host: Host):
+            lines = lockcmd.create_and_acquire_lines(host.paths, owner)
+            return ctx.backend.run(host, lines)
+
         while True:
             held = []
-
-            def take(host: Host):
-                lines = [f"mkdir -p {q(host.deploy_to)}"] + lockcmd.acquire_lines(host.paths, owner)
-                return self.backend.run(host, lines)
-
-            for outcome in run_parallel(self.lock_hosts, take, self.flow.limit):
-                if outcome.ok and "DSAS lock acquired" in outcome.value.stdout:
-                    self.flow.locked.add(outcome.host.name)
+            for outcome in run_parallel(self.drbd.lock_hosts, take, ctx.limit):
+                if outcome.ok and lockcmd.ACQUIRED in outcome.value.markers:
+                    ctx.locked.add(outcome.host.name)
                 else:
                     held.append(outcome.host.name)
             if not held:
                 return
-            self.unlock()
+            self.release()
             if time.monotonic() >= deadline:
-                raise LockHeld(f"stage '{self.flow.stage.name}' is locked on {', '.join(held)}; "
+                raise LockHeld(f"stage '{ctx.stage.name}' is locked on {', '.join(held)}; "
                                f"another deploy or switchover is running")
             time.sleep(1)
 
-    def unlock(self) -> None:
+    def release(self) -> None:
         """Release our lock; the journal's last records (end) travel to the nodes with it."""
-        hosts = [h for h in getattr(self, "lock_hosts", self.nodes) if h.name in self.flow.locked]
-        shipment = self.journal.take_unshipped()
-        nodes = {h.name for h in self.nodes}
+        ctx = self.ctx
+        hosts = [h for h in self.drbd.lock_hosts if h.name in ctx.locked]
+        shipment = self.drbd.journal.take_unshipped()
+        nodes = {h.name for h in self.drbd.nodes}
 
         def release(host: Host):
-            ship = fleet.append_lines(host.deploy_to, self.journal_name, *shipment) if host.name in nodes else []
-            return self.backend.run(host, ship + lockcmd.release_lines(host.paths, self.flow.token))
+            ship = fleet.append_lines(host.deploy_to, self.drbd.journal_name, *shipment) if host.name in nodes else []
+            return ctx.backend.run(host, ship + lockcmd.release_lines(host.paths, ctx.token))
 
-        for outcome in run_parallel(hosts, release, self.flow.limit):
+        for outcome in run_parallel(hosts, release, ctx.limit):
             if outcome.ok and outcome.value.ok:
-                self.flow.locked.discard(outcome.host.name)
+                ctx.locked.discard(outcome.host.name)

@@ -19,8 +19,8 @@ from ..commands import lock as lockcmd
 from ..errors import IncompleteRestore, RemoteError, UsageError
 from ..inventory import Host
 from ..status import ExitStatus
+from .context import FlowResult
 from .drbd import DrbdFlow
-from .flow import FlowResult
 from .pool import run_parallel, signals_deferred
 
 
@@ -53,7 +53,7 @@ def choose_primary(states: dict, records: list[dict], to: Optional[str]) -> tupl
             raise RemoteError(
                 f"{candidate} is not Connected/UpToDate ({state.describe()}) and the journal does not prove it "
                 f"holds the newest data" + (f" ({other} began a promote)" if target_promoted else "")
-                + f": check both nodes' data, then promote one by hand (never --force)")
+                + ": check both nodes' data, then promote one by hand (never --force)")
     return candidate, True
 
 
@@ -65,7 +65,7 @@ def recover(flow: DrbdFlow, to: Optional[str]) -> FlowResult:
     serve_on, promote = choose_primary(states, records, to)
     hosts = {h.name: h for h in flow.nodes}
     others = [h for h in flow.nodes if h.name != serve_on and states.get(h.name) is not None]
-    flow.bus.emit("recover", status="started", resource=flow.resource.name, primary=serve_on,
+    flow.ctx.bus.emit("recover", status="started", resource=flow.resource.name, primary=serve_on,
                   message=f"serving {flow.resource.name} on {serve_on}" + (f" (journal: {where})" if where else ""))
     with signals_deferred():
         # the peer first: it must not hold the service IP or the mount when the primary takes them
@@ -75,8 +75,7 @@ def recover(flow: DrbdFlow, to: Optional[str]) -> FlowResult:
             _run(flow, hosts[serve_on], "promote", cmd.reclaim(flow.resource))
         _run(flow, hosts[serve_on], "serve", cmd.mount(flow.resource) + cmd.add_ip(flow.resource)
              + cmd.start_services(flow.resource))
-        deadline = max((s.check.timeout for s in flow.resource.services if s.check), default=0)
-        problems = flow.services_healthy(serve_on, flow.read().get(serve_on), deadline=deadline)
+        problems = flow.services_healthy(serve_on, flow.read().get(serve_on), deadline=flow.health_timeout)
         if problems:
             raise IncompleteRestore(f"{flow.resource.name} is Primary on {serve_on} but its services do not "
                                     f"answer: {'; '.join(problems)}; the journal is kept")
@@ -87,15 +86,15 @@ def recover(flow: DrbdFlow, to: Optional[str]) -> FlowResult:
             if not flow.journal.unfinished():
                 flow.journal.adopt(records)
             flow.journal.end("recovered")
-            flow._ship_to_nodes()  # noqa: SLF001 - the same flow's journal
+            flow.ship_to_nodes()
     what = "promoted and serving" if promote else "serving"
     return FlowResult(ExitStatus.OK, f"recovered: {flow.resource.name} Primary on {serve_on}, {what}; services answer"
                       + ("" if records else " (no unfinished switchover was recorded)"))
 
 
 def _run(flow: DrbdFlow, host: Host, name: str, lines: list[str]) -> None:
-    result = flow.backend.run(host, lines)
-    flow.bus.emit("drbd_step", host=host.name, phase=f"recover: {name}", status="ok" if result.ok else "failed",
+    result = flow.ctx.backend.run(host, lines)
+    flow.ctx.bus.emit("drbd_step", host=host.name, phase=f"recover: {name}", status="ok" if result.ok else "failed",
                   seconds=round(result.seconds, 3), message=None if result.ok else result.stderr_tail())
     if not result.ok:
         raise IncompleteRestore(f"recover of {flow.resource.name}: {name} on {host.name} failed: "
@@ -104,10 +103,9 @@ def _run(flow: DrbdFlow, host: Host, name: str, lines: list[str]) -> None:
 
 def _release_lock(flow: DrbdFlow, token: str) -> None:
     """The stage lock the dead switchover took (its token only), on the nodes and release hosts."""
-    names = {h.name for h in flow.nodes}
-    hosts = list(flow.nodes) + [h for h in flow.flow.stage.release_hosts() if h.name not in names]
-    for outcome in run_parallel(hosts, lambda h: flow.backend.run(h, lockcmd.release_lines(h.paths, token)),
-                                flow.flow.limit):
-        if outcome.ok and outcome.value.ok and "released" in outcome.value.stdout:
-            flow.bus.emit("lock", host=outcome.host.name, status="released",
+    ctx = flow.ctx
+    for outcome in run_parallel(flow.lock_hosts, lambda h: ctx.backend.run(h, lockcmd.release_lines(h.paths, token)),
+                                ctx.limit):
+        if outcome.ok and outcome.value.ok and lockcmd.RELEASED in outcome.value.markers:
+            ctx.bus.emit("lock", host=outcome.host.name, status="released",
                           message="released the lock of the dead switchover")

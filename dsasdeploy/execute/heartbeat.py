@@ -1,6 +1,6 @@
 """Keeps this run's stage locks visibly alive: a heartbeat on every host it holds the lock on.
 
-Every phase script sent to a locked host refreshes the heartbeat first (ReleaseFlow.phase),
+Every phase script sent to a locked host refreshes the heartbeat first (RunContext.phase),
 so a fast run costs no extra round trip; this thread beats only the hosts that have had
 no script for HEARTBEAT_EVERY seconds (rolling waits, long restarts elsewhere). Another
 controller reads the heartbeat's age to tell a live run (wait for it) from a dead one.

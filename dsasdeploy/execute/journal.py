@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..localdirs import state_dir
+from ..plan.drain import DrainRecord
 
 
 def journal_path(project_dir: Path, stage: str) -> Path:
@@ -97,7 +98,7 @@ class JournalState:
     """What a journal says is still out of order (pure replay of the records)."""
 
     begin: dict = field(default_factory=dict)
-    drained: dict = field(default_factory=dict)  # host -> list of {director, service, real, weight, ...}
+    drained: dict = field(default_factory=dict)  # host -> list of DrainRecord (its original place in each pool)
     switched: dict = field(default_factory=dict)  # host -> release it was switched to
     previous: dict = field(default_factory=dict)  # host -> release before the run
     gated: set = field(default_factory=set)  # hosts where the new release passed its gates
@@ -112,9 +113,10 @@ class JournalState:
                 state.previous = dict(record.get("previous", {}))
             elif event == "drain":
                 state.drained.setdefault(host, [])
+                drain = DrainRecord.from_journal(record)
                 state.drained[host] = [e for e in state.drained[host] if
-                                       (e["director"], e["service"]) != (record["director"], record["service"])]
-                state.drained[host].append(record)
+                                       (e.director, e.service) != (drain.director, drain.service)]
+                state.drained[host].append(drain)
             elif event == "restored":
                 state.drained.pop(host, None)
             elif event == "switch":

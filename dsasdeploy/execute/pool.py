@@ -26,8 +26,34 @@ class HostOutcome(Generic[T]):
 
     def error_text(self) -> str:
         """The error as one line that names the host once ("web2: ..."), whatever raised it."""
-        text = str(self.error).strip() or type(self.error).__name__
-        return text if text.startswith(self.host.name) else f"{self.host.name}: {text}"
+        return f"{self.host.name}: {self.reason()}"
+
+    def reason(self) -> str:
+        """Why this host failed, in one line without its name: the error's first line, or a
+        remote script's exit code and stderr tail (its value has `exit_code` and `stderr_tail`)."""
+        if self.error is not None:
+            return without_host(self.host.name, one_line(self.error))
+        tail = self.value.stderr_tail()
+        return f"exit {self.value.exit_code}" + (f": {tail}" if tail else "")
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's text; never empty, never a dangling 'label:'."""
+    text = str(exc).strip().splitlines()
+    line = text[0].strip() if text else ""
+    if not line:
+        return type(exc).__name__
+    if line.endswith(":"):  # a library error without a text (paramiko's EOFError, ...)
+        return f"{line} no reason given ({type(exc).__name__}); the SSH connection was probably closed"
+    return line
+
+
+def without_host(name: str, text: str) -> str:
+    """`text` without a leading 'NAME: ' (the caller names the host itself: never 'web2: web2: ...')."""
+    prefix = f"{name}: "
+    while text.startswith(prefix):
+        text = text[len(prefix):]
+    return text
 
 
 INTERRUPTS = (signal.SIGINT, signal.SIGTERM)

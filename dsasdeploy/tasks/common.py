@@ -1,6 +1,6 @@
 """What every dsas command shares: options, config loading, reporter, summary, exit code.
 
-Tasks only wire arguments: they load the stage, pick hosts and call the flow.
+Tasks only wire arguments: they load the stage, pick hosts and call the run (execute/run.py).
 One place (here) turns a DsasError into its exit code and a final summary event.
 """
 
@@ -18,8 +18,8 @@ from invoke import Exit
 from ..config.load import find_project_dir, load_stage
 from ..errors import DsasError, UsageError
 from ..execute.backend import SshBackend
-from ..execute.flow import FlowResult, ReleaseFlow
-from ..execute.rolling import RollingFlow
+from ..execute.context import FlowResult
+from ..execute.run import Run
 from ..execute.session import SessionFactory
 from ..inventory import Host, Stage, select_hosts, split_list
 from ..report.console import make_reporter
@@ -80,11 +80,11 @@ def load(stage_name: str) -> Stage:
 
 
 def run_remote(command: str, stage_name: str, options: Options,
-               body: Callable[[ReleaseFlow, Stage, Callable[[str], bool]], FlowResult],
+               body: Callable[[Run, Stage, Callable[[str], bool]], FlowResult],
                release_hosts_only: bool = True,
                pick_hosts: Optional[Callable[[Stage], tuple[Host, ...]]] = None, read_only: bool = False,
                lock_hosts: bool = False) -> None:
-    """Load, select hosts, run `body` with a flow; summary + report + exit code always.
+    """Load, select hosts, run `body` with a Run; summary + report + exit code always.
 
     The selected hosts are those that receive releases, or with `lock_hosts` every host that
     can hold the stage lock (the DRBD nodes too: `dsas drbd switchover` locks them).
@@ -95,7 +95,7 @@ def run_remote(command: str, stage_name: str, options: Options,
     reporter = make_reporter(options.json)
     bus = EventBus(stage_name, reporter)
     backend = None
-    flow: Optional[ReleaseFlow] = None
+    run: Optional[Run] = None
     heartbeat = None
     result = FlowResult(ExitStatus.NEEDS_HUMAN, "internal error")
     try:
@@ -116,19 +116,18 @@ def run_remote(command: str, stage_name: str, options: Options,
                                             blame=stage.blame))
         for warning in backend.warnings:
             bus.emit("warning", message=warning)
-        flow_class = RollingFlow if stage.settings.lb is not None else ReleaseFlow
-        flow = flow_class(stage, hosts, backend, bus)
+        run = Run.for_stage(stage, hosts, backend, bus)
         if not read_only:
-            heartbeat = flow.heartbeat()  # keeps the locks this run takes visibly alive
-        result = body(flow, stage, confirmer(options, reporter))
+            heartbeat = run.heartbeat()  # keeps the locks this run takes visibly alive
+        result = body(run, stage, confirmer(options, reporter))
     except DsasError as exc:
-        result = FlowResult(exc.exit_status, str(exc), **(flow.attempt if flow else {}))
+        result = FlowResult(exc.exit_status, str(exc), **(run.ctx.attempt if run else {}))
     except KeyboardInterrupt:
-        result = FlowResult(ExitStatus.FAILED_ROLLED_BACK, "interrupted", **(flow.attempt if flow else {}))
+        result = FlowResult(ExitStatus.FAILED_ROLLED_BACK, "interrupted", **(run.ctx.attempt if run else {}))
     except Exception as exc:  # a bug: exit 4 only if a host may have been changed
         changed = not read_only and backend is not None and sum(backend.exec_counts.values()) > 0
         result = FlowResult(ExitStatus.NEEDS_HUMAN if changed else ExitStatus.FAILED_ROLLED_BACK,
-                            f"internal error: {type(exc).__name__}: {exc}", **(flow.attempt if flow else {}))
+                            f"internal error: {type(exc).__name__}: {exc}", **(run.ctx.attempt if run else {}))
         exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli.py)
         raise
     finally:
@@ -136,7 +135,7 @@ def run_remote(command: str, stage_name: str, options: Options,
             heartbeat.stop()
         if backend is not None:
             backend.close()
-        summary = _summary(command, result, flow, backend)
+        summary = _summary(command, result, run, backend)
         bus.emit("summary", status="ok" if result.status == 0 else "failed", message=result.message, **summary)
         bus.close()
         if options.report:
@@ -149,12 +148,12 @@ def _prefixed(message: str) -> str:
     return "\n".join(f"dsas: error: {line}" for line in message.splitlines())
 
 
-def _summary(command: str, result: FlowResult, flow: Optional[ReleaseFlow], backend) -> dict:
+def _summary(command: str, result: FlowResult, run: Optional[Run], backend) -> dict:
     data = {"command": command, "exit_code": int(result.status), "release": result.release,
             "revision": result.revision, "ref": result.ref}
-    if flow is not None:
+    if run is not None:
         data["hosts"] = {name: {k: v for k, v in vars(rec).items() if v not in (None, {}, "")}
-                         for name, rec in flow.records.items()}
+                         for name, rec in run.ctx.records.items()}
     if backend is not None:
         data["round_trips"] = dict(backend.exec_counts)
         if backend.beat_counts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from invoke import Collection, task
 
 from ..execute.drbd import DrbdFlow, pick_resource
+from ..execute.drbd_recover import recover as recover_resource
 from .common import COMMON_HELP, Options, run_remote
 
 _HELP = {"stage": COMMON_HELP["stage"], "resource": "DRBD resource name (needed when the stage has several).",
@@ -25,10 +26,10 @@ def status(c, stage, resource=None, json=False, report=None, accept_new_host_key
 
     Read-only. Exit 0 whatever the verdict (it is printed and in the JSON events).
     """
-    def body(flow, stage_obj, confirm):
+    def body(run, stage_obj, confirm):
         res = pick_resource(stage_obj.settings.drbd, resource, stage)
-        flow.bus.emit("run_started", command="drbd.status", hosts=list(res.nodes))
-        return DrbdFlow(flow, res).status()
+        run.ctx.bus.emit("run_started", command="drbd.status", hosts=list(res.nodes))
+        return DrbdFlow(run.ctx, res).status()
 
     run_remote("drbd.status", stage, Options(json=json, report=report, accept_new_host_keys=accept_new_host_keys),
                body, pick_hosts=_nodes(resource))
@@ -46,10 +47,10 @@ def switchover(c, stage, resource=None, to=None, dry_run=False, json=False, repo
     Each step is verified; a failure walks back to the original primary (exit 1); if
     that fails too, exit 4 with both nodes' state. Never uses --force.
     """
-    def body(flow, stage_obj, confirm):
+    def body(run, stage_obj, confirm):
         res = pick_resource(stage_obj.settings.drbd, resource, stage)
-        flow.bus.emit("run_started", command="drbd.switchover", hosts=list(res.nodes), dry_run=dry_run)
-        return DrbdFlow(flow, res).switchover(to, dry_run, lock_wait)
+        run.ctx.bus.emit("run_started", command="drbd.switchover", hosts=list(res.nodes), dry_run=dry_run)
+        return DrbdFlow(run.ctx, res).switchover(to, dry_run, lock_wait)
 
     run_remote("drbd.switchover", stage,
                Options(json=json, report=report, lock_wait=lock_wait, accept_new_host_keys=accept_new_host_keys),
@@ -65,12 +66,10 @@ def recover(c, stage, resource=None, to=None, json=False, report=None, accept_ne
     None: the journal's original primary is promoted (disconnected only if the peer never began
     its promote). Two: split brain, exit 4 for a human. Never uses --force.
     """
-    def body(flow, stage_obj, confirm):
-        from ..execute.drbd_recover import recover as recover_resource
-
+    def body(run, stage_obj, confirm):
         res = pick_resource(stage_obj.settings.drbd, resource, stage)
-        flow.bus.emit("run_started", command="drbd.recover", hosts=list(res.nodes))
-        return recover_resource(DrbdFlow(flow, res), to)
+        run.ctx.bus.emit("run_started", command="drbd.recover", hosts=list(res.nodes))
+        return recover_resource(DrbdFlow(run.ctx, res), to)
 
     run_remote("drbd.recover", stage, Options(json=json, report=report, accept_new_host_keys=accept_new_host_keys),
                body, pick_hosts=_nodes(resource))

@@ -6,7 +6,8 @@ from invoke import task
 
 from ..errors import UsageError
 from ..execute.ipmi import Bmc, bmc_password
-from ..execute.provision import AddServer, ProvisionJournal, state_path
+from ..execute.provision import AddServer
+from ..execute.provision_journal import ProvisionJournal, state_path
 from ..inventory import split_list
 from ..plan import provision as plan
 from .common import COMMON_HELP, Options, run_remote
@@ -49,7 +50,7 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
     def pick(stage_obj):
         return tuple(stage_obj.hosts_with_role("pxe"))[:1] or stage_obj.hosts[:1]
 
-    def body(flow, stage_obj, confirm):
+    def body(run, stage_obj, confirm):
         if not name:
             raise UsageError("--name is required")
         journal = ProvisionJournal(state_path(stage_obj.project_dir, stage_obj.name, name))
@@ -90,10 +91,10 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
             raise UsageError("add-server cancelled; nothing was changed")
         prov = stage_obj.settings.provision
         machine = Bmc(request.bmc_host, request.bmc_port, prov.bmc, bmc_password(prov.bmc, stage_obj.project_dir))
-        flow.bus.emit("run_started", command="add-server", hosts=[request.name], dry_run=dry_run)
-        runner = AddServer(stage_obj, request, flow.backend, flow.bus, machine, journal, reinstall=reinstall,
+        run.ctx.bus.emit("run_started", command="add-server", hosts=[request.name], dry_run=dry_run)
+        runner = AddServer(stage_obj, request, run.ctx.backend, run.ctx.bus, machine, journal, reinstall=reinstall,
                            lock_wait=float(lock_wait),
                            install_timeout=float(install_timeout) or None)
-        return runner.run(dry_run=dry_run)
+        return runner.add(dry_run=dry_run)
 
     run_remote("add-server", stage, options, body, pick_hosts=pick)

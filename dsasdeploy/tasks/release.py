@@ -33,15 +33,15 @@ def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=F
     """
     options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
 
-    def body(flow, stage_obj, confirm):
+    def body(run, stage_obj, confirm):
         settings = stage_obj.settings
         repo = open_repository(settings.repo, stage_obj.project_dir, stage_obj.blame("repo"))
         ref = revision or settings.branch
         rev = resolve(repo, ref, "--revision" if revision else stage_obj.blame("branch"))
         archive = build_archive(repo, rev, settings.application)
-        flow.bus.emit("run_started", command="deploy", hosts=[h.name for h in flow.hosts], revision=rev.sha,
+        run.ctx.bus.emit("run_started", command="deploy", hosts=[h.name for h in run.ctx.hosts], revision=rev.sha,
                       ref=ref, dry_run=dry_run, archive_bytes=archive.stat().st_size)
-        return flow.deploy(rev.sha, ref, archive, lock_wait, dry_run)
+        return run.deploy(rev.sha, ref, archive, lock_wait, dry_run)
 
     run_remote("deploy", stage, options, body)
 
@@ -58,12 +58,12 @@ def rollback(c, stage, to=None, hosts=None, roles=None, dry_run=False, yes=False
     """
     options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
 
-    def body(flow, stage_obj, confirm):
-        flow.bus.emit("run_started", command="rollback", hosts=[h.name for h in flow.hosts], to=to)
-        if not dry_run and not confirm(f"roll back stage '{stage}' on {len(flow.hosts)} host(s)"
+    def body(run, stage_obj, confirm):
+        run.ctx.bus.emit("run_started", command="rollback", hosts=[h.name for h in run.ctx.hosts], to=to)
+        if not dry_run and not confirm(f"roll back stage '{stage}' on {len(run.ctx.hosts)} host(s)"
                                        + (f" to {to}" if to else " to the previous release")):
             raise DsasError("rollback cancelled; nothing was changed")
-        return flow.rollback(to, lock_wait, dry_run)
+        return run.rollback(to, lock_wait, dry_run)
 
     run_remote("rollback", stage, options, body)
 
@@ -73,9 +73,9 @@ def releases(c, stage, hosts=None, roles=None, yes=False, json=False, report=Non
     """List each host's releases, their revisions, which one is current and which failed."""
     options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
 
-    def body(flow, stage_obj, confirm):
-        flow.bus.emit("run_started", command="releases", hosts=[h.name for h in flow.hosts])
-        return flow.releases()
+    def body(run, stage_obj, confirm):
+        run.ctx.bus.emit("run_started", command="releases", hosts=[h.name for h in run.ctx.hosts])
+        return run.releases()
 
     run_remote("releases", stage, options, body, read_only=True)
 
@@ -89,9 +89,9 @@ def check(c, stage, hosts=None, roles=None, yes=False, json=False, report=None, 
     """
     options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
 
-    def body(flow, stage_obj, confirm):
-        flow.bus.emit("run_started", command="check", hosts=[h.name for h in flow.hosts])
-        return flow.check()
+    def body(run, stage_obj, confirm):
+        run.ctx.bus.emit("run_started", command="check", hosts=[h.name for h in run.ctx.hosts])
+        return run.check()
 
     run_remote("check", stage, options, body, read_only=True, lock_hosts=True)
 
@@ -106,9 +106,9 @@ def unlock(c, stage, hosts=None, roles=None, yes=False, json=False, report=None,
     """
     options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
 
-    def body(flow, stage_obj, confirm):
-        flow.bus.emit("run_started", command="unlock", hosts=[h.name for h in flow.hosts])
-        return flow.unlock(confirm)
+    def body(run, stage_obj, confirm):
+        run.ctx.bus.emit("run_started", command="unlock", hosts=[h.name for h in run.ctx.hosts])
+        return run.unlock(confirm)
 
     run_remote("unlock", stage, options, body, lock_hosts=True)
 
@@ -143,10 +143,8 @@ def recover(c, stage, forward=False, hosts=None, roles=None, yes=False, json=Fal
     """
     options = Options(hosts, roles, False, yes, json, report, 0, accept_new_host_keys)
 
-    def body(flow, stage_obj, confirm):
-        flow.bus.emit("run_started", command="recover", hosts=[h.name for h in flow.hosts], forward=forward)
-        if not hasattr(flow, "recover"):  # still say whether a lock blocks deploys, and how to break it
-            return flow.nothing_to_recover(f"stage '{stage}' has no lb section: there is no rolling release")
-        return flow.recover(forward)
+    def body(run, stage_obj, confirm):
+        run.ctx.bus.emit("run_started", command="recover", hosts=[h.name for h in run.ctx.hosts], forward=forward)
+        return run.recover(forward)  # without lb: whether a lock blocks deploys, and how to break it
 
     run_remote("recover", stage, options, body)

@@ -179,7 +179,8 @@ def test_dry_run_that_finds_a_stop_exits_non_zero(project):
 
 def test_internal_error_says_whether_anything_changed(project, monkeypatch, capsys):
     from dsasdeploy import cli
-    from dsasdeploy.execute.flow import ReleaseFlow
+    from dsasdeploy.execute import deploy
+    from dsasdeploy.execute.context import RunContext
 
     def bug(*args, **kwargs):
         raise RuntimeError("planted bug")
@@ -190,12 +191,12 @@ def test_internal_error_says_whether_anything_changed(project, monkeypatch, caps
         return info.value.code, capsys.readouterr().err
 
     monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # keep pytest's SIGTERM handler
-    connect_all = ReleaseFlow.connect_all
-    monkeypatch.setattr(ReleaseFlow, "connect_all", bug)  # before any host is touched
+    connect_all = RunContext.connect_all
+    monkeypatch.setattr(RunContext, "connect_all", bug)  # before any host is touched
     code, err = run()
     assert code == 1 and "internal error: RuntimeError: planted bug; nothing was changed" in err
-    monkeypatch.setattr(ReleaseFlow, "connect_all", connect_all)
-    monkeypatch.setattr(ReleaseFlow, "_check_ready", bug)  # after the lock was taken on every host
+    monkeypatch.setattr(RunContext, "connect_all", connect_all)
+    monkeypatch.setattr(deploy, "ready_problems", bug)  # after the lock was taken on every host
     code, err = run()
     assert code == 4 and "hosts may have been changed" in err
 

@@ -162,7 +162,7 @@ def test_journal_replay_and_torn_last_line(tmp_path):
         out.write('{"event": "resto')  # SIGKILL mid-write
     records = journal.unfinished()
     state = JournalState.replay(records)
-    assert state.switched == {"web1": "R2"} and state.drained["web1"][0]["weight"] == 5
+    assert state.switched == {"web1": "R2"} and state.drained["web1"][0].weight == 5
     assert state.previous == {"web1": "R1", "web2": "R1"}
     journal.record("restored", host="web1")
     journal.end("rolled_back")

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..base import Marker, q, split_at_marker, text_before_marker
+from ..base import Marker, q, render, split_at_marker, text_before_marker
 
 METHOD_FLAGS = {"-m": "Masq", "-g": "Route", "-i": "Tunnel"}
 FLAG_OF_METHOD = {v: k for k, v in METHOD_FLAGS.items()}
@@ -201,6 +201,11 @@ def delete_real_argv(service_key: str, real_address: str) -> list[str]:
 
 def membership_script(changes: list[list[str]]) -> list[str]:
     """Run `ipvsadm -a/-d` lines, then read the table back (the caller verifies it)."""
-    from ..base import render
-
     return [render(argv) for argv in changes] + read_script()
+
+
+def maintenance_file_lines(path: str, create: bool) -> list[str]:
+    """On a real server: create (or remove) the file its keepalived health check fails on."""
+    if create:
+        return [f"mkdir -p \"$(dirname {q(path)})\" && touch {q(path)}"]
+    return [f"rm -f {q(path)}"]

@@ -7,7 +7,7 @@ with dsas's host selection, verified SSH, parallelism, events and exit codes.
 from invoke import task
 
 from dsasdeploy.commands.base import q
-from dsasdeploy.execute.flow import FlowResult
+from dsasdeploy.execute.context import FlowResult
 from dsasdeploy.status import ExitStatus
 from dsasdeploy.tasks.common import Options, run_remote
 
@@ -16,12 +16,13 @@ from dsasdeploy.tasks.common import Options, run_remote
 def disk(c, stage, hosts=None, roles=None, json=False):
     """Show free disk space under deploy_to on every host of STAGE."""
 
-    def body(flow, stage_obj, confirm):
-        flow.bus.emit("run_started", command="example.disk", hosts=[h.name for h in flow.hosts])
-        flow.connect_all()
-        results = flow.phase("disk", flow.hosts, lambda h: [f"df -h {q(h.deploy_to)} | tail -n 1"])
-        for name, output in flow.outputs.items():
-            flow.bus.emit("host_output", host=name, message=output.stdout.strip())
+    def body(run, stage_obj, confirm):
+        ctx = run.ctx  # the recipe surface: docs/architecture.md
+        ctx.bus.emit("run_started", command="example.disk", hosts=[h.name for h in ctx.hosts])
+        ctx.connect_all()
+        results = ctx.phase("disk", ctx.hosts, lambda h: [f"df -h {q(h.deploy_to)} | tail -n 1"])
+        for name, output in ctx.outputs.items():
+            ctx.bus.emit("host_output", host=name, message=output.stdout.strip())
         failed = [name for name, (ok, _, _) in results.items() if not ok]
         return FlowResult(ExitStatus.FAILED_ROLLED_BACK if failed else ExitStatus.OK,
                           f"{len(results) - len(failed)} of {len(results)} host(s) answered")
