@@ -29,7 +29,7 @@ from . import qemu
 from .topology import cache_dir
 
 ENGINES = ("uml", "qemu")
-PROBE_VERSION = "1"
+PROBE_VERSION = "2"
 UML_TIMEOUT = 20.0
 KVM_TIMEOUT = 8.0
 TCG_TIMEOUT = 40.0
@@ -138,6 +138,10 @@ def _run_probe(argv: list[str], timeout: float, env: dict | None = None) -> tupl
     return False, seconds, f"exit {p.returncode}: {detail or 'no output'}"
 
 
+UML_PROBE_MEM = "64M"
+UML_PROBE_TRIES = 2
+
+
 def probe_uml(uml_root: str, cache: str) -> dict:
     binary = uml_binary(uml_root)
     if not os.access(binary, os.X_OK):
@@ -149,9 +153,14 @@ def probe_uml(uml_root: str, cache: str) -> dict:
         with open(init, "w") as f:
             f.write(UML_PROBE_INIT)
         os.chmod(init, 0o755)
-        argv = [binary, "umid=probe", f"uml_dir={work}", "mem=32M", "rootfstype=hostfs",
+        # 64M like the smallest lab guest: with 32M, UML 6.1 panics at random on some hosts
+        # ("Failed to allocate ... memory map", "find_iomem failed") although its guests boot
+        argv = [binary, "umid=probe", f"uml_dir={work}", f"mem={UML_PROBE_MEM}", "rootfstype=hostfs",
                 "rootflags=/", "ro", f"init={init}", "con=null", "ssl=null", "con0=null,fd:1"]
-        ok, seconds, detail = _run_probe(argv, UML_TIMEOUT, env=dict(os.environ, TMPDIR="/dev/shm"))
+        for _ in range(UML_PROBE_TRIES):  # a verdict that sticks needs every try to fail
+            ok, seconds, detail = _run_probe(argv, UML_TIMEOUT, env=dict(os.environ, TMPDIR="/dev/shm"))
+            if ok:
+                break
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"engine": "uml", "ok": ok, "seconds": round(seconds, 2), "detail": detail}
