@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,10 +29,10 @@ from dsasdeploy.execute.recording import Answer, Call, RecordingBackend
 from .inprocess import quiet_environment, run_dsas
 
 FAKEBIN = Path(__file__).resolve().parent / "fakebin"
-EVENTS_SCHEMA = json.loads((Path(dsasdeploy.__file__).parent / "report" / "events.schema.json").read_text())
+_SCHEMA = json.loads((Path(dsasdeploy.__file__).parent / "report" / "events.schema.json").read_text())
+EVENTS_SCHEMA = jsonschema.validators.validator_for(_SCHEMA)(_SCHEMA)  # built once: validate() rebuilds it
 VIP = "10.99.1.10:80"
 REAL_PORT = 8080
-SERVICE = f"TCP {VIP}"
 DRBD_DEVICE = "/dev/drbd7"  # a minor no real /proc/drbd of this machine would describe
 SERVICE_IP = "192.0.2.20"  # TEST-NET-1, on an interface no real machine has: the fake `ip` keeps it
 
@@ -101,12 +103,12 @@ class Run:
     stderr: str
     backend: RecordingBackend
 
-    @property
+    @cached_property
     def events(self) -> list[dict]:
         """The --json events, each checked against the published schema."""
         found = [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
         for event in found:
-            jsonschema.validate(event, EVENTS_SCHEMA)
+            EVENTS_SCHEMA.validate(event)
         return found
 
     def of_type(self, kind: str) -> list[dict]:
@@ -146,7 +148,7 @@ class HealthServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def release(self) -> Optional[str]:
         link = self.deploy_to / "current"
@@ -166,7 +168,6 @@ class FakeFleet:
     answers: list[Answer] = field(default_factory=list)
     health_status: Callable[[str, Optional[str]], int] = lambda host, release: 200
     servers: dict[str, HealthServer] = field(default_factory=dict)
-    runs: list[Run] = field(default_factory=list)
 
     # ---- building -----------------------------------------------------------------------
 
@@ -174,8 +175,8 @@ class FakeFleet:
     def build(cls, root: Path, repo: Path, *, web: int = 3, lb: bool = False, drbd: bool = False,
               extra_project: str = "") -> "FakeFleet":
         """`web` web hosts (web1..), a director lb1 with a VIP over them (`lb`), a DRBD pair
-        drbd-a (Primary, serving) and drbd-b (`drbd`). Set DSAS_PROJECT (monkeypatch) to
-        `fleet.project` before running."""
+        drbd-a (Primary, serving) and drbd-b (`drbd`); `extra_project`: more dsas.yaml keys.
+        Set DSAS_PROJECT to `fleet.project` before running (fleet_fixture does)."""
         hosts = [FakeHostSpec(f"web{i}", f"10.99.2.{10 + i}", ("web",)) for i in range(1, web + 1)]
         if lb:
             hosts.append(FakeHostSpec("lb1", "10.99.0.10", ("lb",)))
@@ -249,9 +250,43 @@ class FakeFleet:
             return backends[-1]
 
         code, out, err = run_dsas(list(argv), quiet_environment(backend_factory=factory, **environment))
-        run = Run(code, out, err, backends[-1] if backends else self.new_backend())
-        self.runs.append(run)
-        return run
+        return Run(code, out, err, backends[-1] if backends else self.new_backend())
+
+    def crash_after(self, host: str, phase: str) -> None:
+        """The controller dies (SimulatedCrash) right after `host`'s `phase` script has run: from
+        then on no script runs anywhere and no way back is taken, as after a SIGKILL."""
+        dead = threading.Event()
+
+        def die(call: Call) -> None:
+            dead.set()
+            raise SimulatedCrash(f"killed after {call.host}'s {call.phase} script")
+
+        def nothing_runs_once_dead(call: Call) -> None:
+            if dead.is_set():
+                raise SimulatedCrash("the controller is dead")
+            return None  # run the script
+
+        self.answers += [Answer(die, host=host, phase=phase, run_first=True),
+                         Answer(nothing_runs_once_dead, times=None)]
+
+    @property
+    def journal(self) -> Path:
+        """The controller's journal of the stage's rolling releases."""
+        return self.project / ".dsas" / "journal" / "test.jsonl"
+
+    def journal_records(self) -> list[dict]:
+        return [json.loads(line) for line in self.journal.read_text().splitlines()] if self.journal.exists() else []
+
+    def journal_writer_exited(self) -> None:
+        """The run that wrote the journal is gone: its pid becomes one of an exited process (a run
+        crashed in-process shares the test's pid, which is alive)."""
+        exited = subprocess.Popen(["true"])
+        exited.wait()
+        records = self.journal_records()
+        for record in records:
+            if record.get("event") == "begin":
+                record["pid"] = exited.pid
+        self.journal.write_text("".join(json.dumps(r) + "\n" for r in records))
 
     # ---- the hosts' state ------------------------------------------------------------------
 
@@ -324,15 +359,20 @@ class FakeFleet:
     def drbd_mount(self) -> Path:
         return self.root / "mnt" / "r0"
 
+    @property
+    def drbd_state(self) -> Path:
+        """r0 as the fake drbdadm keeps it: device, cstate, <node>.role, <node>.disk."""
+        return self.world / "drbd" / "r0"
+
     def write_drbd(self, primary: str) -> None:
         """r0 Connected, UpToDate on both nodes; `primary` has it mounted, holds the service IP and
         runs the service."""
-        nodes = {name: {"role": "Primary" if name == primary else "Secondary", "disk": "UpToDate"}
-                 for name in ("drbd-a", "drbd-b")}
-        state = self.world / "drbd" / "r0.json"
-        state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"device": DRBD_DEVICE, "cstate": "Connected", "nodes": nodes}))
-        for name in nodes:
+        self.drbd_state.mkdir(parents=True, exist_ok=True)
+        (self.drbd_state / "device").write_text(DRBD_DEVICE + "\n")
+        (self.drbd_state / "cstate").write_text("Connected\n")
+        for name in ("drbd-a", "drbd-b"):
+            (self.drbd_state / f"{name}.role").write_text("Primary\n" if name == primary else "Secondary\n")
+            (self.drbd_state / f"{name}.disk").write_text("UpToDate\n")
             home = self.host_dir(name)
             home.mkdir(parents=True, exist_ok=True)
             for item in ("mounts", "addrs", "files.running"):
@@ -343,8 +383,7 @@ class FakeFleet:
         (home / "files.running").write_text("")
 
     def drbd_roles(self) -> dict[str, str]:
-        state = json.loads((self.world / "drbd" / "r0.json").read_text())
-        return {name: node["role"] for name, node in state["nodes"].items()}
+        return {name: (self.drbd_state / f"{name}.role").read_text().strip() for name in ("drbd-a", "drbd-b")}
 
     def serving(self, name: str) -> dict[str, bool]:
         """What node `name` has of the DRBD service: the mount, the service IP, the service."""
