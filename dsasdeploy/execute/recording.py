@@ -210,13 +210,16 @@ class RecordingBackend:
         return None
 
     def public_key_line(self) -> str:
+        """A fixed, well-formed public key line (add-server writes it to the new host)."""
         return FAKE_PUBLIC_KEY
 
     @property
     def warnings(self) -> list[str]:
+        """What the test says loading host keys found (`host_warnings`)."""
         return list(self.host_warnings)
 
     def close(self) -> None:
+        """Nothing stays open between scripts; remembered for the tests."""
         self.closed = True
 
     # ---- reading the recording -------------------------------------------------------------

@@ -112,13 +112,16 @@ class Run:
         return found
 
     def of_type(self, kind: str) -> list[dict]:
+        """The events of one type, in order."""
         return [e for e in self.events if e["type"] == kind]
 
     @property
     def summary(self) -> dict:
+        """The run's final summary event."""
         return self.of_type("summary")[-1]
 
     def scripts(self, host: Optional[str] = None, phase: Optional[str] = None) -> list[Call]:
+        """The scripts the run sent (to `host`, of `phase`: see recording.guess_phase)."""
         return self.backend.scripts(host, phase)
 
 
@@ -200,6 +203,7 @@ class FakeFleet:
         return fleet
 
     def stage_yaml(self) -> str:
+        """stages/test.yaml: every host with its own deploy_to under the fleet's directory."""
         lines = ["hosts:"]
         for host in self.hosts:
             lines += [f"  - name: {host.name}", f"    address: {host.address}",
@@ -214,6 +218,7 @@ class FakeFleet:
                                                        lambda name, release: self.health_status(name, release))
 
     def stop(self) -> None:
+        """Stop the health servers."""
         for server in self.servers.values():
             server.stop()
 
@@ -275,6 +280,7 @@ class FakeFleet:
         return self.project / ".dsas" / "journal" / "test.jsonl"
 
     def journal_records(self) -> list[dict]:
+        """The journal's records, in order (none if there is no journal)."""
         return [json.loads(line) for line in self.journal.read_text().splitlines()] if self.journal.exists() else []
 
     def journal_writer_exited(self) -> None:
@@ -291,17 +297,21 @@ class FakeFleet:
     # ---- the hosts' state ------------------------------------------------------------------
 
     def current(self, name: str) -> Optional[str]:
+        """The release host `name` serves (its `current` link), or None."""
         link = self.deploy_to(name) / "current"
         return os.readlink(link).rsplit("/", 1)[-1] if link.is_symlink() else None
 
     def releases(self, name: str) -> list[str]:
+        """The release directories on host `name`, oldest first."""
         path = self.deploy_to(name) / "releases"
         return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.is_symlink()) if path.exists() else []
 
     def locked(self, name: str) -> bool:
+        """Whether the stage lock is held on host `name`."""
         return (self.deploy_to(name) / ".dsas-lock").exists()
 
     def dsas_log(self, name: str) -> list[str]:
+        """dsas's own log lines on host `name` (deployed, failed, rolled_back ...)."""
         path = self.deploy_to(name) / ".dsas-revisions.log"
         return path.read_text().splitlines() if path.exists() else []
 
@@ -321,11 +331,13 @@ class FakeFleet:
     # ---- the director -------------------------------------------------------------------------
 
     def real(self, host: str, weight: int, method: str = "Masq", upper: int = 0, lower: int = 0) -> dict:
+        """Host `host` as a real server entry of the fake IPVS table."""
         address = next(h.address for h in self.hosts if h.name == host)
         return {"address": f"{address}:{REAL_PORT}", "method": method, "weight": weight, "upper": upper,
                 "lower": lower, "active": 0, "inactive": 0}
 
     def write_ipvs(self, director: str, reals: list[dict]) -> None:
+        """The director's table: one wrr service on the VIP over `reals`."""
         table = {"services": [{"proto": "TCP", "address": VIP, "scheduler": "wrr", "flags": [],
                                "persistent": None, "reals": reals}]}
         self._write_table(director, table)
@@ -345,6 +357,7 @@ class FakeFleet:
         return {by_address[r["address"]]: r for s in table["services"] for r in s["reals"]}
 
     def set_weight(self, host: str, weight: int, director: str = "lb1") -> None:
+        """Change a real server's weight by hand (as an operator would with ipvsadm -e)."""
         table = json.loads((self.host_dir(director) / "ipvs.json").read_text())
         real = self.real(host, 0)["address"]
         for service in table["services"]:
@@ -383,6 +396,7 @@ class FakeFleet:
         (home / "files.running").write_text("")
 
     def drbd_roles(self) -> dict[str, str]:
+        """Each node's DRBD role of r0 (Primary, Secondary)."""
         return {name: (self.drbd_state / f"{name}.role").read_text().strip() for name in ("drbd-a", "drbd-b")}
 
     def serving(self, name: str) -> dict[str, bool]:
