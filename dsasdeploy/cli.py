@@ -19,6 +19,7 @@ from typing import Optional
 from invoke import Argument, Collection, Exit, ParseError, Program, UnexpectedExit
 
 from . import __version__
+from .environment import Environment, using_environment
 from .errors import DsasError
 from .status import ExitStatus
 from .tasks import builtin_collection
@@ -46,7 +47,12 @@ Exit codes: 0 ok, 1 failed and rolled back cleanly, 2 usage or config error,
 
 
 class DsasProgram(Program):
-    """`dsas`: invoke's parser, dsas's help, errors and exit codes."""
+    """`dsas`: invoke's parser, dsas's help, errors and exit codes, in an Environment
+    (its streams, confirmation and backend: environment.py)."""
+
+    def __init__(self, *args, env: Optional[Environment] = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.env = env or Environment()
 
     def core_args(self) -> list:
         return super().core_args() + [
@@ -60,7 +66,7 @@ class DsasProgram(Program):
         import paramiko
 
         print(f"dsas {__version__} (fabric {fabric.__version__}, invoke {invoke.__version__}, "
-              f"paramiko {paramiko.__version__})")
+              f"paramiko {paramiko.__version__})", file=self.env.stdout)
 
     def print_help(self) -> None:
         lines = []
@@ -68,7 +74,7 @@ class DsasProgram(Program):
             task = self.namespace[name]
             doc = (task.__doc__ or "").strip().splitlines()
             lines.append(f"  {name:<14} {doc[0] if doc else ''}")
-        print(HELP_TEXT.format(version=__version__, commands="\n".join(lines)))
+        print(HELP_TEXT.format(version=__version__, commands="\n".join(lines)), file=self.env.stdout)
 
     def print_task_help(self, name: str) -> None:
         super().print_task_help(name)
@@ -77,11 +83,16 @@ class DsasProgram(Program):
         super().normalize_argv(argv)
         text = group_help(self.argv, self.namespace)
         if text is not None:  # `dsas lab`, `dsas lab --help`: the group's commands
-            print(text)
+            print(text, file=self.env.stdout)
             sys.exit(0)
         self.argv = normalize_words(self.argv, self.namespace)
 
     def run(self, argv: Optional[list] = None, exit: bool = True) -> None:
+        with using_environment(self.env):
+            self._run(argv, exit)
+
+    def _run(self, argv: Optional[list], exit: bool) -> None:
+        stderr = self.env.stderr
         try:
             self.create_config()
             self.parse_core(argv)
@@ -91,36 +102,36 @@ class DsasProgram(Program):
             self.update_config()
             self.execute()
         except ParseError as exc:
-            print(f"dsas: error: {exc} (see `dsas --help`)", file=sys.stderr)
+            print(f"dsas: error: {exc} (see `dsas --help`)", file=stderr)
             if exit:
                 sys.exit(int(ExitStatus.USAGE))
         except Exit as exc:
             if exc.message:
-                print(exc.message, file=sys.stderr)
+                print(exc.message, file=stderr)
             if exit:
                 sys.exit(exc.code)
             elif exc.code:
                 raise
         except DsasError as exc:  # raised by a task outside run_remote (e.g. `dsas lab up` without root)
-            print("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
+            print("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), file=stderr)
             if exit:
                 sys.exit(int(exc.exit_status))
         except UnexpectedExit as exc:
-            print(f"dsas: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+            print(f"dsas: error: {str(exc).splitlines()[0]}", file=stderr)
             if exit:
                 sys.exit(int(ExitStatus.FAILED_ROLLED_BACK))
         except KeyboardInterrupt:
-            print("dsas: interrupted", file=sys.stderr)
+            print("dsas: interrupted", file=stderr)
             if exit:
                 sys.exit(int(ExitStatus.FAILED_ROLLED_BACK))
         except Exception as exc:  # a bug: one line, the trace only on request
             if getattr(self, "core", None) is not None and self.args.traceback.value:
-                traceback.print_exc()
+                traceback.print_exc(file=stderr)
             # exit 4 means a human must look at the hosts: only when a host may have been changed
             unchanged = getattr(exc, "dsas_nothing_changed", False)
             print(f"dsas: internal error: {type(exc).__name__}: {exc}"
                   + ("; nothing was changed" if unchanged else "; hosts may have been changed: check them")
-                  + " (rerun with --traceback; please report it)", file=sys.stderr)
+                  + " (rerun with --traceback; please report it)", file=stderr)
             if exit:
                 sys.exit(int(ExitStatus.FAILED_ROLLED_BACK if unchanged else ExitStatus.NEEDS_HUMAN))
             raise
@@ -156,7 +167,7 @@ def normalize_words(words: list[str], namespace: Collection) -> list[str]:
     return words
 
 
-def load_project_recipes(namespace: Collection, project_dir: Optional[Path]) -> None:
+def load_project_recipes(namespace: Collection, project_dir: Optional[Path], stderr=None) -> None:
     """Mount each recipes/*.py of the user's project (its `ns` or its tasks) by file name."""
     if project_dir is None:
         return
@@ -172,7 +183,8 @@ def load_project_recipes(namespace: Collection, project_dir: Optional[Path]) -> 
             collection = getattr(module, "ns", None) or Collection.from_module(module)
             namespace.add_collection(collection, name=path.stem.replace("_", "-"))
         except Exception as exc:  # a broken recipe must not break `dsas deploy`
-            print(f"dsas: warning: recipes/{path.name} not loaded: {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"dsas: warning: recipes/{path.name} not loaded: {type(exc).__name__}: {exc}",
+                  file=stderr or sys.stderr)
 
 
 def _project_dir() -> Optional[Path]:
@@ -185,10 +197,14 @@ def _project_dir() -> Optional[Path]:
         return None
 
 
-def make_program() -> DsasProgram:
+def make_program(env: Optional[Environment] = None) -> DsasProgram:
+    """The `dsas` program with the built-in commands and the project's recipes, run in `env`
+    (default: the process's streams, a terminal if there is one, SSH)."""
+    env = env or Environment()
     namespace = builtin_collection()
-    load_project_recipes(namespace, _project_dir())
-    return DsasProgram(name="dsas", binary="dsas", binary_names=["dsas"], version=__version__, namespace=namespace)
+    load_project_recipes(namespace, _project_dir(), env.stderr)
+    return DsasProgram(name="dsas", binary="dsas", binary_names=["dsas"], version=__version__, namespace=namespace,
+                       env=env)
 
 
 def _terminate_as_interrupt(signum, frame) -> None:

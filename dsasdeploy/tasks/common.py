@@ -16,11 +16,10 @@ from typing import Callable, Optional
 from invoke import Exit
 
 from ..config.load import find_project_dir, load_stage
+from ..environment import Environment, current_environment
 from ..errors import DsasError, UsageError
-from ..execute.backend import SshBackend
 from ..execute.context import FlowResult
 from ..execute.run import Run
-from ..execute.session import SessionFactory
 from ..inventory import Host, Stage, select_hosts, split_list
 from ..report.console import make_reporter
 from ..report.events import EventBus
@@ -54,24 +53,24 @@ class Options:
     accept_new_host_keys: bool = False
 
 
-def interactive() -> bool:
-    """A person at a terminal (not CI, not a pipe)."""
-    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    return sys.stdin.isatty() and sys.stdout.isatty() and not ci
+def interactive(env: Optional[Environment] = None) -> bool:
+    """A person at a terminal (not CI, not a pipe), as the run's environment says."""
+    return bool((env or current_environment()).is_terminal)
 
 
-def confirmer(options: Options, reporter) -> Callable[[str], bool]:
+def confirmer(options: Options, reporter, env: Optional[Environment] = None) -> Callable[[str], bool]:
     """Ask on a terminal; without one, only --yes says yes (never a hanging prompt)."""
+    env = env or current_environment()
+
     def confirm(question: str) -> bool:
         if options.yes:
             return True
-        if not interactive():
+        if not interactive(env):
             raise UsageError(f"{question} -- needs confirmation: pass --yes (no terminal to ask on)")
         suspend = getattr(reporter, "close", None)
         if suspend:
             suspend()
-        answer = input(f"{question} [y/N] ").strip().lower()
-        return answer in ("y", "yes")
+        return env.ask(question)
     return confirm
 
 
@@ -92,7 +91,8 @@ def run_remote(command: str, stage_name: str, options: Options,
     An unexpected error (a bug) exits 4 only when a host may have been changed: not for a
     `read_only` command or a dry run, nor before the first remote command; else it exits 1."""
     read_only = read_only or options.dry_run
-    reporter = make_reporter(options.json)
+    env = current_environment()
+    reporter = make_reporter(options.json, env.stdout)
     bus = EventBus(stage_name, reporter)
     backend = None
     run: Optional[Run] = None
@@ -112,14 +112,13 @@ def run_remote(command: str, stage_name: str, options: Options,
             hosts = stage.release_hosts(hosts)
             if not hosts:
                 raise UsageError(f"no selected host of stage '{stage_name}' has a role that receives releases")
-        backend = SshBackend(SessionFactory(stage.settings.ssh, stage.project_dir, options.accept_new_host_keys,
-                                            blame=stage.blame))
+        backend = env.backend_factory(stage, options.accept_new_host_keys)
         for warning in backend.warnings:
             bus.emit("warning", message=warning)
         run = Run.for_stage(stage, hosts, backend, bus)
         if not read_only:
             heartbeat = run.heartbeat()  # keeps the locks this run takes visibly alive
-        result = body(run, stage, confirmer(options, reporter))
+        result = body(run, stage, confirmer(options, reporter, env))
     except DsasError as exc:
         result = FlowResult(exc.exit_status, str(exc), **(run.ctx.attempt if run else {}))
     except KeyboardInterrupt:

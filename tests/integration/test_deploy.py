@@ -266,23 +266,38 @@ def test_dry_run_touches_nothing_and_prints_scripts(project):
 
 
 def test_sigterm_during_prepare_discards_everywhere(project):
+    # the after_prepare hook says it runs (the new release is unpacked on that host), then holds
+    # the prepare phase open: the signal is sent once it runs on every host, never after a guess
     project.write("dsas.yaml", (project.dir / "dsas.yaml").read_text()
-                  + "hooks:\n  after_prepare:\n    - remote: sleep 3\n")
+                  + "hooks:\n  after_prepare:\n"
+                    "    - remote: touch \"$DSAS_DEPLOY_TO/shared/preparing\" && sleep 3\n")
     good = summary(project.run("deploy", "test", "--revision", "v1", "--json").stdout)["release"]
-    env = {**os.environ, "CI": "true"}
+    markers = [project.deploy_root(i) / "shared" / "preparing" for i in range(3)]
+    for marker in markers:
+        marker.unlink()
     from tests.conftest import DSAS
 
-    proc = subprocess.Popen([*DSAS, "deploy", "test", "--json"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    # the prepare phase has begun (its after_prepare hook holds it open for 3 s): a fixed sleep
-    # from the start was flaky on a busy machine (start-up alone can take longer)
-    for line in proc.stdout:
-        if line.startswith("{") and json.loads(line).get("type") == "phase_started" \
-                and json.loads(line).get("phase") == "prepare":
-            break
-    time.sleep(0.5)  # inside the phase: the hook's remote sleep is running on every host
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    proc = subprocess.Popen([*DSAS, "deploy", "test", "--json"], env={**os.environ, "CI": "true"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        started = False
+        for line in proc.stdout:  # however long start-up takes on a busy machine
+            event = json.loads(line) if line.startswith("{") else {}
+            if event.get("type") == "phase_started" and event.get("phase") == "prepare":
+                started = True
+                break
+        assert started, f"no prepare phase: {proc.stderr.read()}"
+        deadline = time.monotonic() + 60
+        while not all(m.exists() for m in markers):
+            assert time.monotonic() < deadline and proc.poll() is None, "the prepare hook never ran everywhere"
+            time.sleep(0.02)
+        unpacked = [set(project.releases(i)) - {good} for i in range(3)]
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert all(len(new) == 1 for new in unpacked), unpacked  # the new release was on every host
     assert proc.returncode == 1, err
     assert "interrupted before any switch" in err
     assert [project.current(i) for i in range(3)] == [good] * 3
