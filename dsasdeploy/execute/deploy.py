@@ -25,7 +25,7 @@ from .outcome import ended, finished_hosts, ready_problems
 from .pool import one_line, signals_deferred
 from .publish import Publisher
 
-DRY_RUN_TOKEN = "<lock token>"
+DRY_RUN_TOKEN = "DRY-RUN-LOCK-TOKEN"  # stands for the real run's token (q() leaves it bare, like a real one)
 
 
 def migration_host(ctx: RunContext):
@@ -68,6 +68,7 @@ class Deploy:
                 raise RemoteError("; ".join(problems) + "; nothing was changed")
             self.publisher.preflight()
             plan = self.plan(probes, revision)
+            self.publisher.check_plan(plan)
             ctx.attempt["release"] = plan.release_id
             for host in ctx.hosts:
                 ctx.records[host.name].previous = plan.context(host).previous
@@ -130,7 +131,7 @@ class Deploy:
         problems = ready_problems(ctx, probes, archive.stat().st_size)
         try:
             self.publisher.preflight()
-            problems += self.publisher.dry_run_checks(plan)
+            self.publisher.check_plan(plan)
         except RemoteError as exc:
             problems.append(str(exc))
         for host in ctx.hosts:

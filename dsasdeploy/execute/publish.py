@@ -29,7 +29,8 @@ class Publisher(Protocol):
 
     def preflight(self) -> None: ...
 
-    def dry_run_checks(self, plan: ReleasePlan) -> list[str]: ...
+    def check_plan(self, plan: ReleasePlan) -> None:
+        """Refuse (RemoteError) a plan the pool cannot take now, before anything changes."""
 
     def publish(self, plan: ReleasePlan) -> None: ...
 
@@ -61,8 +62,8 @@ class AllAtOnce:
     def preflight(self) -> None:
         return None
 
-    def dry_run_checks(self, plan: ReleasePlan) -> list[str]:
-        return []
+    def check_plan(self, plan: ReleasePlan) -> None:
+        return None
 
     def publish(self, plan: ReleasePlan) -> None:
         self.ctx.raise_on_failure(plan.hook_phase, self.ctx.phase("publish", self.ctx.hosts,

@@ -47,6 +47,7 @@ class Rollback:
                                   release=target, revision=revision)
             env = ctx.hook_env(target, revision)
             self.publisher.preflight()
+            self.publisher.check_plan(plan)
             ctx.run_local_hooks("before", "rollback", env)
         except BaseException:
             if not dry_run:

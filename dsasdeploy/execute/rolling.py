@@ -115,11 +115,11 @@ class Rolling:
             self.ctx.bus.emit("warning", message="no health check configured (health:): hosts rejoin the pool "
                                                  "as soon as their restart command succeeds")
 
-    def dry_run_checks(self, plan: ReleasePlan) -> list[str]:
-        """The capacity guard of every batch, against the live pool (read only; raises its refusal)."""
+    def check_plan(self, plan: ReleasePlan) -> None:
+        """The capacity guard of every batch against the live pool (read only): a refusal comes
+        before the prepare, not after the release was shipped everywhere."""
         for batch in plan.batches:
             self.driver.plan_drain(batch, self.cap)
-        return []
 
     def pool_problems(self) -> Optional[list[str]]:
         """For `dsas check`: real servers the stage does not list, an unfinished rollout on a director."""

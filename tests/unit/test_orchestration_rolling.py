@@ -68,10 +68,13 @@ def test_the_capacity_guard_refuses_to_drain_below_the_limit(fleet):
     assert "capacity guard" in run.stderr and "more than max_unavailable=1" in run.stderr
     assert "already out: 10.99.2.13:8080" in run.stderr
     assert not run.scripts(phase="lb_edit") and not run.scripts(phase="publish")
+    assert not run.scripts(phase="prepare")  # refused before the release was shipped anywhere
     assert fleet.ipvs_reals() == pool
     for host in WEBS:
         assert fleet.current(host) == good
+        assert fleet.releases(host) == [good]
         assert not fleet.locked(host)
+        assert not any(" failed " in line for line in fleet.dsas_log(host))  # nothing to call failed
 
 
 def test_recover_after_a_crash_mid_rollout_restores_weights_and_releases_locks(fleet):
