@@ -75,6 +75,16 @@ def resolve(repo: git.Repo, ref: str, source: str = "--revision") -> Revision:
     return Revision(ref=ref, sha=commit.hexsha, summary=commit.summary if isinstance(commit.summary, str) else "")
 
 
+def known_commit(repo: git.Repo, sha: str) -> bool:
+    """Whether `sha` (a full commit id, as a release's REVISION holds it) is in the repository."""
+    if len(sha) != 40 or any(c not in "0123456789abcdef" for c in sha):
+        return False
+    try:
+        return repo.commit(sha).type == "commit"
+    except (git.BadName, ValueError, git.GitCommandError):
+        return False
+
+
 def build_archive(repo: git.Repo, revision: Revision, application: str) -> Path:
     """tar.gz of the commit's tree, built once and cached by sha (atomic rename)."""
     cache = cache_dir()

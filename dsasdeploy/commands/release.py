@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from ..paths import ReleasePaths, is_release_id
+from . import manifest
 from .base import Marker, mark, mark_literal, q
 from .lock import LockOwner, acquire_lines, release_lines, report_lines
 from .revlog import LogEntry, parse_lines
@@ -37,6 +38,7 @@ class HostProbe:
     lock_heartbeat_age: Optional[int] = None  # seconds since the holder's last heartbeat (host clock)
     log: tuple[LogEntry, ...] = ()
     tar: bool = False
+    base_intact: bool = False  # the current release's tree is exactly what was shipped (its manifest)
 
     @property
     def release_ids(self) -> list[str]:
@@ -65,6 +67,7 @@ def probe_script(paths: ReleasePaths, linked_files: Sequence[str], lock: Optiona
     ]
     for item in linked_files:
         lines.append(f"[ -e {q(paths.shared_path(item))} ] || " + mark_literal("missing_linked_file", item))
+    lines += manifest.verify_current_lines(paths)
     for log in (paths.revisions_log, paths.dsas_log):  # Capistrano's lines, then dsas's own
         lines.append(f"tail -n {LOG_TAIL_LINES} {q(log)} 2>/dev/null | sed 's/^/DSAS log /' || true")
     if lock is not None:
@@ -109,6 +112,7 @@ def parse_probe(markers: Sequence[Marker]) -> HostProbe:
         lock_heartbeat_age=_int_or_none(values.get("lockbeat", "")),
         log=tuple(parse_lines(log_lines)),
         tar=values.get("tar") == "yes",
+        base_intact=bool(current_id) and values.get("base") == f"{current_id} intact",
     )
 
 
@@ -176,25 +180,38 @@ def real_parents_lines(release: str, item: str, key: str) -> list[str]:
     return lines
 
 
+@dataclass(frozen=True)
+class Delta:
+    """A delta release: built on release `base` (hard links), minus `remove`, plus stdin's files."""
+
+    base: str
+    remove: tuple[str, ...]
+
+
 def prepare_script(paths: ReleasePaths, ctx: ReleaseContext, linked_files: Sequence[str],
                    linked_dirs: Sequence[str], before: Sequence[tuple[str, str]] = (),
-                   after: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """Unpack the archive arriving on stdin into releases/<id> and link shared paths.
+                   after: Sequence[tuple[str, str]] = (), delta: Optional[Delta] = None) -> list[str]:
+    """Unpack the archive arriving on stdin into releases/<id> (on top of the base release's
+    tree with a `delta`), record its manifest, and link shared paths.
 
-    A failure (or a dropped connection) removes the half-made release dir.
+    A failure (or a dropped connection) removes the half-made release dir and its manifest.
     Hooks are (name, command): `before` run in deploy_to, `after` in the new release.
     """
     r = paths.release(ctx.release_id)
+    trash = " ".join(q(f) for f in manifest.manifest_files(paths, ctx.release_id))
     lines = _exports(ctx, paths)
     for name, command in before:
         lines += run_in(paths.deploy_to, command, f"hook {name}")
     lines += [
         f"R={q(r)}",
-        "trap 'rm -rf -- \"$R\"' EXIT",
+        f"trap 'rm -rf -- \"$R\" '{q(trash)} EXIT",
         "trap 'exit 129' HUP INT TERM PIPE",
         mark_literal("step", "unpack"),
         "mkdir -- \"$R\"",
+        *(manifest.delta_lines(paths, delta.base, delta.remove) if delta is not None else []),
         "tar -xzf - -C \"$R\"",
+        mark_literal("step", "manifest"),
+        *manifest.write_lines(paths, ctx.release_id, [*linked_dirs, *linked_files]),
         mark_literal("step", "revision"),
         "rm -rf -- \"$R/REVISION\"",  # a REVISION committed as a symlink must not be written through
         f"printf '%s\\n' {q(ctx.revision)} > \"$R/REVISION\"",
@@ -275,7 +292,8 @@ def finish_script(paths: ReleasePaths, log_entry: LogEntry, prune: Sequence[str]
     lines = [mark_literal("step", "log"), *log_lines(paths, log_entry)]
     if prune:
         lines.append(mark_literal("step", "prune"))
-        lines += [f"rm -rf -- {q(paths.release(rid))} && " + mark_literal("pruned", rid) for rid in prune]
+        lines += [f"rm -rf -- {q(paths.release(rid))} {' '.join(map(q, manifest.manifest_files(paths, rid)))} && "
+                  + mark_literal("pruned", rid) for rid in prune]
     for name, command in hooks:
         lines += run_in(paths.deploy_to, command, f"hook {name}")
     lines += release_lines(paths, lock_token)
@@ -306,7 +324,8 @@ def discard_script(paths: ReleasePaths, release_id: Optional[str], lock_token: s
     """Undo before any switch: remove the new release dir, release the lock."""
     lines = []
     if release_id:
-        lines += [f"rm -rf -- {q(paths.release(release_id))}", mark_literal("discarded", release_id)]
+        lines += [f"rm -rf -- {q(paths.release(release_id))} {' '.join(map(q, manifest.manifest_files(paths, release_id)))}",
+                  mark_literal("discarded", release_id)]
     return lines + release_lines(paths, lock_token)
 
 

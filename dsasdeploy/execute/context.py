@@ -44,6 +44,8 @@ class HostRecord:
     previous: Optional[str] = None
     error: Optional[str] = None
     seconds: dict = field(default_factory=dict)
+    shipped: Optional[str] = None  # what prepare sent: "full", or "delta from <release>"
+    bytes_sent: Optional[int] = None
 
 
 @dataclass
@@ -126,8 +128,10 @@ class RunContext:
             raise (kind if issubclass(kind, DsasError) else RemoteError)(error + "; nothing was changed")
 
     def phase(self, name: str, hosts: Sequence[Host], lines_for: Callable[[Host], list[str]],
-              stdin: Optional[Path] = None, strict: bool = True) -> PhaseResults:
-        """Run one script per host in parallel; return name -> (ok, failing step, reason)."""
+              stdin: Optional[Path] = None, strict: bool = True,
+              stdin_for: Optional[Callable[[Host], Path]] = None) -> PhaseResults:
+        """Run one script per host in parallel (stdin: one file for all, or `stdin_for` each host's);
+        return name -> (ok, failing step, reason)."""
         started = time.monotonic()
         self.bus.emit("phase_started", phase=name, hosts=[h.name for h in hosts])
 
@@ -136,7 +140,7 @@ class RunContext:
             if host.name in self.locked:  # every script to a locked host keeps its lock visibly alive
                 lines = lockcmd.heartbeat_lines(host.paths, self.token) + lines
                 self.beats[host.name] = time.monotonic()
-            return self.backend.run(host, lines, stdin=stdin, strict=strict)
+            return self.backend.run(host, lines, stdin=stdin_for(host) if stdin_for else stdin, strict=strict)
 
         results = {}
         for outcome in run_parallel(hosts, work, self.limit):
@@ -165,9 +169,9 @@ class RunContext:
             raise RemoteError("; ".join(f"{h}: {phase} failed at step '{step}': {reason}" for h, step, reason in failed))
 
     def run_phase(self, name: str, hosts: Sequence[Host], lines_for: Callable[[Host], list[str]],
-                  stdin: Optional[Path] = None) -> None:
+                  stdin: Optional[Path] = None, stdin_for: Optional[Callable[[Host], Path]] = None) -> None:
         """`phase`, raising if any host failed."""
-        self.raise_on_failure(name, self.phase(name, hosts, lines_for, stdin=stdin))
+        self.raise_on_failure(name, self.phase(name, hosts, lines_for, stdin=stdin, stdin_for=stdin_for))
 
     def run_local_hooks(self, when: str, phase: str, env: dict[str, str]) -> None:
         """The stage's local hooks for `when`_`phase`, on this controller; the first failure raises."""

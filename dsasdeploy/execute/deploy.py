@@ -11,13 +11,13 @@ undone is named, with exit 4. `--dry-run` prints the same plan the real run woul
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..commands import release as rel
 from ..errors import RemoteError
 from ..paths import next_release_id
 from ..plan.hooks import unmatched_remote_hooks
-from ..plan.release import ReleasePlan, deploy_plan
+from ..plan.release import DeltaArchive, ReleasePlan, choose_shipments, deploy_plan
 from ..status import ExitStatus
 from .context import FlowResult, RunContext
 from .locks import StageLocks
@@ -37,19 +37,23 @@ def migration_host(ctx: RunContext):
 class Deploy:
     """Runs one deploy with a publish strategy."""
 
-    def __init__(self, ctx: RunContext, locks: StageLocks, publisher: Publisher):
+    def __init__(self, ctx: RunContext, locks: StageLocks, publisher: Publisher,
+                 delta_for: Callable[[str], Optional[DeltaArchive]] = lambda base: None, full: bool = False):
         self.ctx, self.locks, self.publisher = ctx, locks, publisher
+        self.delta_for, self.full = delta_for, full
         self.migration_host = migration_host(ctx)
         if self.migration_host is not None:
             ctx.also_talk_to([self.migration_host])
 
-    def plan(self, probes: dict[str, rel.HostProbe], revision: str) -> ReleasePlan:
+    def plan(self, probes: dict[str, rel.HostProbe], revision: str, archive: Path) -> ReleasePlan:
+        """The release plan, each host getting a delta on its current release where one can be built."""
         ctx = self.ctx
         release_id = next_release_id(ctx.clock(), {r for p in probes.values() for r in p.releases})
-        return deploy_plan(ctx.stage, ctx.hosts, probes, release_id, revision, self.migration_host)
+        shipments = choose_shipments(ctx.hosts, probes, archive, self.delta_for, self.full)
+        return deploy_plan(ctx.stage, ctx.hosts, probes, release_id, revision, self.migration_host, shipments)
 
     def run(self, revision: str, ref: str, archive: Path, lock_wait: float, dry_run: bool) -> FlowResult:
-        """Ship `archive` (the tree of `revision`) as a new release to every host."""
+        """Ship `revision` (its full `archive`, or deltas) as a new release to every host."""
         ctx = self.ctx
         ctx.attempt.update(revision=revision, ref=ref)
         if not dry_run:
@@ -67,14 +71,16 @@ class Deploy:
             if problems:
                 raise RemoteError("; ".join(problems) + "; nothing was changed")
             self.publisher.preflight()
-            plan = self.plan(probes, revision)
+            plan = self.plan(probes, revision, archive)
             self.publisher.check_plan(plan)
             ctx.attempt["release"] = plan.release_id
             for host in ctx.hosts:
-                ctx.records[host.name].previous = plan.context(host).previous
+                record, shipment = ctx.records[host.name], plan.hosts[host.name].shipment
+                record.previous, record.shipped = plan.context(host).previous, shipment.kind
+                record.bytes_sent = shipment.archive.stat().st_size
             env = ctx.hook_env(plan.release_id, revision)
             ctx.run_local_hooks("before", "prepare", env)
-            ctx.run_phase("prepare", ctx.hosts, lambda h: plan.script("prepare", h), stdin=archive)
+            ctx.run_phase("prepare", ctx.hosts, lambda h: plan.script("prepare", h), stdin_for=plan.stdin)
             ctx.run_local_hooks("after", "prepare", env)
             self.migrate(plan, env)
             ctx.run_local_hooks("before", "publish", env)
@@ -127,7 +133,7 @@ class Deploy:
         """Run the read-only probes for real; print the plan's exact scripts; change nothing."""
         ctx = self.ctx
         probes = self.locks.probe_all(None, create=False)
-        plan = self.plan(probes, revision)
+        plan = self.plan(probes, revision, archive)
         problems = ready_problems(ctx, probes, archive.stat().st_size)
         try:
             self.publisher.preflight()
@@ -139,8 +145,7 @@ class Deploy:
             if probe.lock == "held":
                 holder = probe.lock_owner.describe(ctx.clock()) if probe.lock_owner else "unknown owner"
                 problems.append(f"{host.name}: lock held by {holder}")
-        print_plan(ctx, plan, ctx.log_entry("deployed", release=plan.release_id, revision=revision, ref=ref),
-                   stdin={"prepare": archive.name})
+        print_plan(ctx, plan, ctx.log_entry("deployed", release=plan.release_id, revision=revision, ref=ref))
         for problem in problems:
             ctx.bus.emit("warning", message=f"a real deploy would stop: {problem}")
         result = {"release": plan.release_id, "revision": revision, "ref": ref}
@@ -151,11 +156,13 @@ class Deploy:
                           f"to {len(ctx.hosts)} host(s); nothing was changed", **result)
 
 
-def print_plan(ctx: RunContext, plan: ReleasePlan, entry, stdin: Optional[dict[str, str]] = None) -> None:
-    """One `script` event per host and phase, in the order the real run sends them."""
+def print_plan(ctx: RunContext, plan: ReleasePlan, entry) -> None:
+    """One `script` event per host and phase, in the order the real run sends them (prepare's
+    with the name of the archive it streams: the full one, or a delta)."""
     if plan.batches:
         ctx.bus.emit("warning", message="dry run: batches would be " + " | ".join(
             ",".join(h.name for h in b) for b in plan.batches))
     for host, phase, lines in plan.scripts_in_order(entry, DRY_RUN_TOKEN):
+        shipment = plan.hosts[host].shipment if host in plan.hosts else None
         ctx.bus.emit("script", host=host, phase=phase, script="\n".join(lines) + "\n",
-                     stdin=(stdin or {}).get(phase))
+                     stdin=shipment.archive.name if phase == "prepare" and shipment else None)

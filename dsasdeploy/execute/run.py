@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from ..inventory import Host, Stage
+from ..plan.release import DeltaArchive
 from ..report.events import EventBus
 from . import inspect
 from .backend import Backend
@@ -47,8 +48,10 @@ class Run:
     def heartbeat(self) -> Heartbeat:
         return self.locks.heartbeat()
 
-    def deploy(self, revision: str, ref: str, archive: Path, lock_wait: float, dry_run: bool) -> FlowResult:
-        return Deploy(self.ctx, self.locks, self.publisher).run(revision, ref, archive, lock_wait, dry_run)
+    def deploy(self, revision: str, ref: str, archive: Path, lock_wait: float, dry_run: bool,
+               delta_for: Callable[[str], Optional[DeltaArchive]] = lambda base: None, full: bool = False) -> FlowResult:
+        return Deploy(self.ctx, self.locks, self.publisher, delta_for, full).run(revision, ref, archive, lock_wait,
+                                                                                 dry_run)
 
     def rollback(self, requested: Optional[str], lock_wait: float, dry_run: bool) -> FlowResult:
         return Rollback(self.ctx, self.locks, self.publisher).run(requested, lock_wait, dry_run)

@@ -10,7 +10,8 @@ line carries the time the release went live.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 from ..commands import release as rel
 from ..commands.revlog import LogEntry, failed_releases
@@ -21,6 +22,30 @@ from .rollout import max_unavailable, plan_batches
 
 
 @dataclass(frozen=True)
+class DeltaArchive:
+    """What a host on commit `base` needs to hold `new`: the archive of the changed files, and
+    every changed or deleted path to remove from the copy of its release first (delta.py)."""
+
+    base: str
+    new: str
+    archive: Path
+    remove: tuple[str, ...]
+    changed: int
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """What prepare streams to one host: the full archive, or a delta on its current release."""
+
+    archive: Path
+    delta: Optional[rel.Delta] = None
+
+    @property
+    def kind(self) -> str:
+        return f"delta from {self.delta.base}" if self.delta else "full"
+
+
+@dataclass(frozen=True)
 class HostPlan:
     """One host's part of a release: where it goes from, and the scripts that take it there."""
 
@@ -28,6 +53,7 @@ class HostPlan:
     context: rel.ReleaseContext
     prune: tuple[str, ...] = ()
     scripts: dict[str, list[str]] = field(default_factory=dict)  # phase -> script lines (prepare, publish)
+    shipment: Optional[Shipment] = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +78,10 @@ class ReleasePlan:
 
     def context(self, host: Host) -> rel.ReleaseContext:
         return self.hosts[host.name].context
+
+    def stdin(self, host: Host) -> Path:
+        """What prepare streams to `host`."""
+        return self.hosts[host.name].shipment.archive
 
     def finish_script(self, host: Host, entry: LogEntry, lock_token: str) -> list[str]:
         """Log `entry`, prune, run the finish hooks and give back the lock."""
@@ -93,23 +123,48 @@ def publish_script_for(stage: Stage, host: Host, hosts: Sequence[Host], ctx: rel
                               after=remote_hooks(stage, "after", hook_phase, host, hosts))
 
 
+def choose_shipments(hosts: Sequence[Host], probes: dict[str, rel.HostProbe], full: Path,
+                     delta_for: Callable[[str], Optional[DeltaArchive]], force_full: bool = False) -> dict[str, Shipment]:
+    """Per host: a delta on its current release when that release is intact (its manifest holds)
+    and its revision is known (`delta_for(revision)`: None if not, or not worth it), else the full
+    archive (first deploy, unknown or changed base, `force_full`). Each delta is built once."""
+    deltas: dict[str, Optional[DeltaArchive]] = {}
+    shipments = {}
+    for host in hosts:
+        probe = probes[host.name]
+        base_revision = probe.releases.get(probe.current or "", "")
+        if force_full or not probe.base_intact or not base_revision:
+            shipments[host.name] = Shipment(full)
+            continue
+        if base_revision not in deltas:
+            deltas[base_revision] = delta_for(base_revision)
+        found = deltas[base_revision]
+        shipments[host.name] = Shipment(full) if found is None else \
+            Shipment(found.archive, rel.Delta(probe.current, found.remove))
+    return shipments
+
+
 def deploy_plan(stage: Stage, hosts: Sequence[Host], probes: dict[str, rel.HostProbe], release_id: str,
-                revision: str, migration_host: Optional[Host] = None) -> ReleasePlan:
-    """The plan of deploying `revision` as release `release_id` to `hosts`, as probed."""
+                revision: str, migration_host: Optional[Host] = None,
+                shipments: Optional[dict[str, Shipment]] = None) -> ReleasePlan:
+    """The plan of deploying `revision` as release `release_id` to `hosts`, as probed; what
+    each host's prepare receives is in `shipments` (default: nothing known, no delta)."""
     settings = stage.settings
     plans, finish_hooks = {}, {}
     for host in hosts:
         probe = probes[host.name]
+        shipment = (shipments or {}).get(host.name)
         ctx = rel.ReleaseContext(stage.name, release_id, revision, probe.current)
         prune = releases_to_prune(set(probe.releases) | {release_id}, settings.keep_releases,
                                   [release_id, probe.current], failed_releases(probe.log))
         scripts = {
             "prepare": rel.prepare_script(host.paths, ctx, settings.linked_files, settings.linked_dirs,
                                           before=remote_hooks(stage, "before", "prepare", host, hosts),
-                                          after=remote_hooks(stage, "after", "prepare", host, hosts)),
+                                          after=remote_hooks(stage, "after", "prepare", host, hosts),
+                                          delta=shipment.delta if shipment else None),
             "publish": publish_script_for(stage, host, hosts, ctx, "publish"),
         }
-        plans[host.name] = HostPlan(host, ctx, tuple(prune), scripts)
+        plans[host.name] = HostPlan(host, ctx, tuple(prune), scripts, shipment)
         finish_hooks[host.name] = (remote_hooks(stage, "before", "finish", host, hosts)
                                    + remote_hooks(stage, "after", "finish", host, hosts))
     migrate = None

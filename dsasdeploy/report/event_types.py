@@ -51,13 +51,15 @@ class ReleaseRow(TypedDict):
 
 
 class HostOutcome(TypedDict, total=False):
-    """One host in `summary.hosts` (the flow's HostRecord, its empty values left out)."""
+    """One host in `summary.hosts` (the run's HostRecord, its empty values left out)."""
 
     outcome: str
     release: str
     previous: str
     error: str
     seconds: dict[str, Seconds]
+    shipped: str  # what prepare sent: "full", or "delta from <release>"
+    bytes_sent: int  # the size of what prepare sent on stdin
 
 
 EVENT_CLASSES: dict[str, type[EventFields]] = {}

@@ -10,7 +10,8 @@ from invoke import Exit, task
 from ..config.load import stage_as_dict
 from ..config.source import plain
 from ..errors import DsasError
-from ..scm import build_archive, open_repository, resolve
+from ..delta import build_delta
+from ..scm import build_archive, known_commit, open_repository, resolve
 from .common import COMMON_HELP, Options, load, run_remote
 
 _REMOTE = ["hosts", "roles", "yes", "json", "report", "accept-new-host-keys"]
@@ -21,14 +22,16 @@ def _help(*names: str) -> dict:
 
 
 @task(positional=["stage"], auto_shortflags=False,
-      help=_help("revision", *_REMOTE, "dry-run", "lock-wait"))
+      help={**_help("revision", *_REMOTE, "dry-run", "lock-wait"),
+            "full": "Send every host the whole archive, even where a delta on its current release would do."})
 def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=False, json=False,
-           report=None, lock_wait=0, accept_new_host_keys=False):
+           report=None, lock_wait=0, accept_new_host_keys=False, full=False):
     """Ship a git revision to every host of STAGE as a new release.
 
     Builds one archive of the revision locally, takes the stage lock, prepares the
-    release on every host, then switches them all. If any host fails before the
-    switch, no host is switched; after it, every host goes back.
+    release on every host (sending only what changed where its current release is
+    intact), then switches them all. If any host fails before the switch, no host
+    is switched; after it, every host goes back.
     Example: dsas deploy production --revision v1.4.2
     """
     options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
@@ -40,8 +43,16 @@ def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=F
         rev = resolve(repo, ref, "--revision" if revision else stage_obj.blame("branch"))
         archive = build_archive(repo, rev, settings.application)
         run.ctx.bus.emit("run_started", command="deploy", hosts=[h.name for h in run.ctx.hosts], revision=rev.sha,
-                      ref=ref, dry_run=dry_run, archive_bytes=archive.stat().st_size)
-        return run.deploy(rev.sha, ref, archive, lock_wait, dry_run)
+                         ref=ref, dry_run=dry_run, archive_bytes=archive.stat().st_size)
+
+        def delta_for(base: str):
+            """A delta from the host's revision `base`, if the repository knows it and it is smaller."""
+            if not known_commit(repo, base):
+                return None
+            delta = build_delta(repo, base, rev.sha, archive)
+            return delta if delta.archive.stat().st_size < archive.stat().st_size else None
+
+        return run.deploy(rev.sha, ref, archive, lock_wait, dry_run, delta_for=delta_for, full=full)
 
     run_remote("deploy", stage, options, body)
 
