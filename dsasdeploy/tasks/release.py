@@ -7,10 +7,7 @@ import sys
 
 from invoke import Exit, task
 
-from ..config.load import stage_as_dict
-from ..config.source import plain
 from ..errors import DsasError
-from ..scm import build_archive, open_repository, resolve
 from .common import COMMON_HELP, Options, load, run_remote
 
 _REMOTE = ["hosts", "roles", "yes", "json", "report", "accept-new-host-keys"]
@@ -31,6 +28,8 @@ def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=F
     switch, no host is switched; after it, every host goes back.
     Example: dsas deploy production --revision v1.4.2
     """
+    from ..scm import build_archive, open_repository, resolve
+
     options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
 
     def body(run, stage_obj, confirm):
@@ -120,6 +119,9 @@ def config(c, stage, json=False):
 
     Exit 2 with one line per problem (file:line: key: what is wrong) when invalid.
     """
+    from ..config.load import stage_as_dict
+    from ..config.source import plain
+
     try:
         data = stage_as_dict(load(stage))
     except DsasError as exc:
