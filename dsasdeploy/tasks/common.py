@@ -138,7 +138,7 @@ def run_remote(command: str, stage_name: str, options: Options,
         changed = not read_only and backend is not None and sum(backend.exec_counts.values()) > 0
         result = FlowResult(ExitStatus.NEEDS_HUMAN if changed else ExitStatus.FAILED_ROLLED_BACK,
                             f"internal error: {type(exc).__name__}: {exc}", **(run.ctx.attempt if run else {}))
-        exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli.py)
+        exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli_program.py)
         raise
     finally:
         if heartbeat is not None:

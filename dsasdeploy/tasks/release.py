@@ -126,7 +126,7 @@ def config(c, stage, json=False):
         data = stage_as_dict(load(stage))
     except DsasError as exc:
         raise Exit("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), code=int(exc.exit_status))
-    except Exception as exc:  # a bug; reading configuration changes nothing (cli.py: exit 1)
+    except Exception as exc:  # a bug; reading configuration changes nothing (cli_program.py: exit 1)
         exc.dsas_nothing_changed = True
         raise
     sys.stdout.write(jsonlib.dumps(data, indent=2) + "\n" if json else plain(data))
