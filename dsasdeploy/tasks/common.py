@@ -2,6 +2,10 @@
 
 Tasks only wire arguments: they load the stage, pick hosts and call the run (execute/run.py).
 One place (here) turns a DsasError into its exit code and a final summary event.
+
+Building the command list imports every task module: they import the configuration, the
+runner (Fabric, paramiko), the reporters and the rest inside the functions that use them,
+so that `dsas config STAGE` loads none of the SSH code.
 """
 
 from __future__ import annotations
@@ -11,19 +15,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from invoke import Exit
 
-from ..config.load import find_project_dir, load_stage
 from ..environment import Environment, current_environment
 from ..errors import DsasError, UsageError
-from ..execute.context import FlowResult
-from ..execute.run import Run
-from ..inventory import Host, Stage, select_hosts, split_list
-from ..report.console import make_reporter
-from ..report.events import EventBus
 from ..status import ExitStatus
+
+if TYPE_CHECKING:
+    from ..execute.context import FlowResult
+    from ..execute.run import Run
+    from ..inventory import Host, Stage
 
 COMMON_HELP = {
     "stage": "Stage to act on: the name of a file in stages/ (e.g. production).",
@@ -75,6 +78,8 @@ def confirmer(options: Options, reporter, env: Optional[Environment] = None) -> 
 
 
 def load(stage_name: str) -> Stage:
+    from ..config.load import find_project_dir, load_stage
+
     return load_stage(stage_name, find_project_dir())
 
 
@@ -90,6 +95,12 @@ def run_remote(command: str, stage_name: str, options: Options,
 
     An unexpected error (a bug) exits 4 only when a host may have been changed: not for a
     `read_only` command or a dry run, nor before the first remote command; else it exits 1."""
+    from ..execute.context import FlowResult
+    from ..execute.run import Run
+    from ..inventory import select_hosts, split_list
+    from ..report.console import make_reporter
+    from ..report.events import EventBus
+
     read_only = read_only or options.dry_run
     env = current_environment()
     reporter = make_reporter(options.json, env.stdout)
@@ -127,7 +138,7 @@ def run_remote(command: str, stage_name: str, options: Options,
         changed = not read_only and backend is not None and sum(backend.exec_counts.values()) > 0
         result = FlowResult(ExitStatus.NEEDS_HUMAN if changed else ExitStatus.FAILED_ROLLED_BACK,
                             f"internal error: {type(exc).__name__}: {exc}", **(run.ctx.attempt if run else {}))
-        exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli.py)
+        exc.dsas_nothing_changed = not changed  # read by the top-level handler (cli_program.py)
         raise
     finally:
         if heartbeat is not None:

@@ -1,11 +1,12 @@
-"""`dsas drbd status|switchover STAGE`: the DRBD recipe's commands."""
+"""`dsas drbd status|switchover|recover STAGE`: the DRBD recipe's commands.
+
+The DRBD flow (execute/drbd*.py, and through it the runner) is imported when a command runs.
+"""
 
 from __future__ import annotations
 
 from invoke import Collection, task
 
-from ..execute.drbd import DrbdFlow, pick_resource
-from ..execute.drbd_recover import recover as recover_resource
 from .common import COMMON_HELP, Options, run_remote
 
 _HELP = {"stage": COMMON_HELP["stage"], "resource": "DRBD resource name (needed when the stage has several).",
@@ -14,6 +15,8 @@ _HELP = {"stage": COMMON_HELP["stage"], "resource": "DRBD resource name (needed 
 
 
 def _nodes(resource_name):
+    from ..execute.drbd import pick_resource
+
     def pick(stage):
         resource = pick_resource(stage.settings.drbd, resource_name, stage.name)
         return tuple(h for h in stage.hosts if h.name in resource.nodes)
@@ -26,6 +29,8 @@ def status(c, stage, resource=None, json=False, report=None, accept_new_host_key
 
     Read-only. Exit 0 whatever the verdict (it is printed and in the JSON events).
     """
+    from ..execute.drbd import DrbdFlow, pick_resource
+
     def body(run, stage_obj, confirm):
         res = pick_resource(stage_obj.settings.drbd, resource, stage)
         run.ctx.bus.emit("run_started", command="drbd.status", hosts=list(res.nodes))
@@ -47,6 +52,8 @@ def switchover(c, stage, resource=None, to=None, dry_run=False, json=False, repo
     Each step is verified; a failure walks back to the original primary (exit 1); if
     that fails too, exit 4 with both nodes' state. Never uses --force.
     """
+    from ..execute.drbd import DrbdFlow, pick_resource
+
     def body(run, stage_obj, confirm):
         res = pick_resource(stage_obj.settings.drbd, resource, stage)
         run.ctx.bus.emit("run_started", command="drbd.switchover", hosts=list(res.nodes), dry_run=dry_run)
@@ -66,6 +73,9 @@ def recover(c, stage, resource=None, to=None, json=False, report=None, accept_ne
     None: the journal's original primary is promoted (disconnected only if the peer never began
     its promote). Two: split brain, exit 4 for a human. Never uses --force.
     """
+    from ..execute.drbd import DrbdFlow, pick_resource
+    from ..execute.drbd_recover import recover as recover_resource
+
     def body(run, stage_obj, confirm):
         res = pick_resource(stage_obj.settings.drbd, resource, stage)
         run.ctx.bus.emit("run_started", command="drbd.recover", hosts=list(res.nodes))

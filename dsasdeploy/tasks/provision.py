@@ -1,15 +1,14 @@
-"""`dsas add-server STAGE ...`: install a machine by PXE/IPMI and put it into service."""
+"""`dsas add-server STAGE ...`: install a machine by PXE/IPMI and put it into service.
+
+The provisioning code (plan/provision.py, execute/provision*.py, execute/ipmi.py) is
+imported when the command runs.
+"""
 
 from __future__ import annotations
 
 from invoke import task
 
 from ..errors import UsageError
-from ..execute.ipmi import Bmc, bmc_password
-from ..execute.provision import AddServer
-from ..execute.provision_journal import ProvisionJournal, state_path
-from ..inventory import split_list
-from ..plan import provision as plan
 from .common import COMMON_HELP, Options, run_remote
 
 _HELP = {
@@ -44,6 +43,12 @@ def add_server(c, stage, name=None, mac=None, ip=None, role=None, bmc=None, prof
     Example: dsas add-server production --name web04 --mac 52:54:00:12:34:56 --ip 10.0.2.14
              --role web --bmc 10.0.9.14
     """
+    from ..execute.ipmi import Bmc, bmc_password
+    from ..execute.provision import AddServer
+    from ..execute.provision_journal import ProvisionJournal, state_path
+    from ..inventory import split_list
+    from ..plan import provision as plan
+
     options = Options(yes=yes, json=json, report=report, lock_wait=int(lock_wait),
                       accept_new_host_keys=accept_new_host_keys)
 

@@ -7,11 +7,7 @@ import sys
 
 from invoke import Exit, task
 
-from ..config.load import stage_as_dict
-from ..config.source import plain
 from ..errors import DsasError
-from ..delta import build_delta
-from ..scm import build_archive, known_commit, open_repository, resolve
 from .common import COMMON_HELP, Options, load, run_remote
 
 _REMOTE = ["hosts", "roles", "yes", "json", "report", "accept-new-host-keys"]
@@ -34,6 +30,9 @@ def deploy(c, stage, revision=None, hosts=None, roles=None, dry_run=False, yes=F
     is switched; after it, every host goes back.
     Example: dsas deploy production --revision v1.4.2
     """
+    from ..delta import build_delta
+    from ..scm import build_archive, known_commit, open_repository, resolve
+
     options = Options(hosts, roles, dry_run, yes, json, report, lock_wait, accept_new_host_keys)
 
     def body(run, stage_obj, confirm):
@@ -131,11 +130,14 @@ def config(c, stage, json=False):
 
     Exit 2 with one line per problem (file:line: key: what is wrong) when invalid.
     """
+    from ..config.load import stage_as_dict
+    from ..config.source import plain
+
     try:
         data = stage_as_dict(load(stage))
     except DsasError as exc:
         raise Exit("\n".join(f"dsas: error: {line}" for line in str(exc).splitlines()), code=int(exc.exit_status))
-    except Exception as exc:  # a bug; reading configuration changes nothing (cli.py: exit 1)
+    except Exception as exc:  # a bug; reading configuration changes nothing (cli_program.py: exit 1)
         exc.dsas_nothing_changed = True
         raise
     sys.stdout.write(jsonlib.dumps(data, indent=2) + "\n" if json else plain(data))
