@@ -29,7 +29,8 @@ def append_lines(deploy_to: str, stage: str, records: list[str], fresh: bool) ->
     if not records:
         return []
     path = journal_file(deploy_to, stage)
-    lines = [f"mkdir -p {q(path.rsplit('/', 1)[0])}"]
+    directory = q(path.rsplit('/', 1)[0])
+    lines = [f"[ -d {directory} ] || mkdir -p {directory}"]  # no fork when it exists (a director's exec is costly)
     if fresh:
         lines.append(f"if [ -f {q(path)} ]; then mv -f {q(path)} {q(path + '.previous')}; fi")
     lines.append("printf '%s\\n' " + " ".join(q(r) for r in records) + f" >> {q(path)}")

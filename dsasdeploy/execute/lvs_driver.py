@@ -95,6 +95,7 @@ class LvsDriver:
                 self.fleet.remember(name, outcome.value.stdout)
         if problems:
             raise RemoteError("; ".join(problems))
+        self.last_read, self.last_read_at = tables, time.monotonic()  # plan_drain may use it for 2 s
         return tables
 
     def memberships(self, tables, host: Host) -> dict[str, list[lvs.VirtualService]]:
