@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dsasdeploy.devhosts as devhosts  # noqa: E402
 from bench.deploy_bench import make_repo  # noqa: E402
-from bench.delta_bench import change_one_file, timed  # noqa: E402
+from bench.deploy_bench import dsas_run as timed  # noqa: E402
+from bench.delta_bench import change_one_file  # noqa: E402
 
 CAPFILE = """\
 require "capistrano/setup"

@@ -13,7 +13,6 @@ Usage: .venv/bin/python bench/delta_bench.py [--runs 3] [--hosts 10,20,40] [--pa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.deploy_bench import dsas_deploy, make_repo  # noqa: E402
+from bench.deploy_bench import dsas_run as timed, make_repo  # noqa: E402
 from dsasdeploy.devhosts import DevHosts  # noqa: E402
 
 GIT_ENV = {"GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b.invalid",
@@ -36,17 +35,6 @@ def change_one_file(repo: Path, run: int) -> None:
     target.write_text(target.read_text() + f"\n# change {run} at {time.time()}\n")
     for args in (["add", "-A"], ["commit", "-q", "-m", f"change {run}"]):
         subprocess.run(["git", "-C", str(repo), *args], check=True, env={**os.environ, **GIT_ENV})
-
-
-def timed(project: Path, cache: Path, *argv: str) -> tuple[float, dict]:
-    env = {**os.environ, "DSAS_PROJECT": str(project), "DSAS_CACHE_DIR": str(cache), "CI": "true"}
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "dsasdeploy", *argv, "--json"], env=env,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    seconds = time.monotonic() - started
-    if done.returncode != 0:
-        raise SystemExit(f"dsas {' '.join(argv)} failed: {done.stderr}")
-    return seconds, [json.loads(line) for line in done.stdout.splitlines() if '"summary"' in line][-1]
 
 
 def bytes_per_host(summary: dict) -> float:

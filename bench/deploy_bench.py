@@ -71,16 +71,21 @@ def floor_seconds(hosts: DevHosts, count: int, archive: Path, run: int) -> float
     return time.monotonic() - started
 
 
-def dsas_deploy(project: Path, cache: Path) -> tuple[float, dict]:
+def dsas_run(project: Path, cache: Path, *argv: str) -> tuple[float, dict]:
+    """Wall seconds of `dsas ARGV --json` as users run it, and its summary event."""
     env = {**os.environ, "DSAS_PROJECT": str(project), "DSAS_CACHE_DIR": str(cache), "CI": "true"}
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "dsasdeploy", "deploy", "bench", "--json"], env=env,
+    done = subprocess.run([sys.executable, "-m", "dsasdeploy", *argv, "--json"], env=env,
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     seconds = time.monotonic() - started
     if done.returncode != 0:
-        raise SystemExit(f"dsas deploy failed: {done.stderr}")
+        raise SystemExit(f"dsas {' '.join(argv)} failed: {done.stderr}")
     summary = [json.loads(line) for line in done.stdout.splitlines() if '"summary"' in line][-1]
     return seconds, summary
+
+
+def dsas_deploy(project: Path, cache: Path) -> tuple[float, dict]:
+    return dsas_run(project, cache, "deploy", "bench")
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ class Rolling:
         self.journal = Journal(journal_path(stage.project_dir, stage.name))
         self.driver.attach_journal(self.journal)  # its copy on the directors travels with each edit
         self.cap = rolling_cap(stage)
-        self.check = BatchGates(ctx)
+        self.batch_gates = BatchGates(ctx)
         self.done: list[list[Host]] = []
         self.in_flight: Optional[InFlight] = None
         self.left_out: set[str] = set()  # hosts this run keeps drained because they fail their health check
@@ -157,7 +157,7 @@ class Rolling:
 
     def gates(self, batch: Sequence[Host], release_of: Callable[[Host], Optional[str]], warm: bool) -> None:
         """Health (and warm) per host of `batch`; RemoteError naming every host that failed."""
-        failures = self.check.failures(batch, release_of, warm)
+        failures = self.batch_gates.failures(batch, release_of, warm)
         if failures:
             raise RemoteError("; ".join(failures.values()))
 
@@ -270,7 +270,7 @@ class Rolling:
                 stuck.append(f"{names}: could not switch back ({exc})")
                 lost = True
         try:
-            sick = self.check.failures(flight.batch, (lambda h: None) if lost or not flight.switched
+            sick = self.batch_gates.failures(flight.batch, (lambda h: None) if lost or not flight.switched
                                        else (lambda h: context_of(h).previous), warm=False)
         except Exception as exc:  # noqa: BLE001
             return stuck + [f"{names} left OUT of the pool (drained): its health could not be checked: {exc}"]
