@@ -2,7 +2,8 @@
 # Idempotent installer of everything `dsas lab` needs on a fresh Debian 12, as root.
 # Fast (well under a second) when everything is already in place.
 #   - Debian packages: openssh-server (binaries only; its service is kept from starting),
-#     ipvsadm, drbd-utils, kmod, memcached, dnsmasq, iproute2, git, curl, procps, e2fsprogs
+#     ipvsadm, drbd-utils, kmod, memcached, dnsmasq, iproute2, git, curl, procps, e2fsprogs,
+#     keepalived, haproxy and socat (the --lb keepalived/haproxy lab shapes; services not started)
 #   - the user-mode-linux kernel and modules: `apt-get download` + `dpkg -x` into a cache dir
 #     ($DSAS_LAB_CACHE, default /var/cache/dsas-lab/uml); nothing is installed system-wide.
 #   - the PXE-booted "bare-metal" VM: qemu (TCG), iPXE ROMs, SeaBIOS, pxelinux, OpenIPMI's
@@ -12,9 +13,9 @@
 #     None of their services is started (openipmi ships an init script: kept from starting).
 set -eu
 CACHE=${DSAS_LAB_CACHE:-/var/cache/dsas-lab}
-PKGS="openssh-server ipvsadm drbd-utils kmod memcached dnsmasq-base iproute2 git curl procps e2fsprogs util-linux python3 iputils-arping"
+PKGS="openssh-server ipvsadm drbd-utils kmod memcached dnsmasq-base iproute2 git curl procps e2fsprogs util-linux python3 iputils-arping keepalived haproxy socat"
 PKGS="$PKGS qemu-system-x86 ipxe-qemu qemu-system-data seabios pxelinux syslinux-common openipmi ipmitool busybox-static dropbear-bin cpio"
-BINS="/usr/sbin/sshd /usr/sbin/ipvsadm /usr/sbin/drbdadm /usr/bin/kmod /usr/bin/memcached /usr/sbin/dnsmasq /usr/sbin/ip /usr/bin/git /usr/bin/curl /usr/sbin/mkfs.ext4 /usr/bin/unshare /usr/bin/python3 /usr/bin/setsid /usr/bin/arping"
+BINS="/usr/sbin/sshd /usr/sbin/ipvsadm /usr/sbin/drbdadm /usr/bin/kmod /usr/bin/memcached /usr/sbin/dnsmasq /usr/sbin/ip /usr/bin/git /usr/bin/curl /usr/sbin/mkfs.ext4 /usr/bin/unshare /usr/bin/python3 /usr/bin/setsid /usr/bin/arping /usr/sbin/keepalived /usr/sbin/haproxy /usr/bin/socat"
 # (files, not only binaries: one per PXE package, so a missing one triggers the install)
 BINS="$BINS /usr/bin/qemu-system-x86_64 /usr/lib/ipxe/qemu/efi-virtio.rom /usr/share/qemu/kvmvapic.bin /usr/share/seabios/bios-256k.bin /usr/lib/PXELINUX/pxelinux.0 /usr/lib/syslinux/modules/bios/ldlinux.c32 /usr/bin/ipmi_sim /usr/bin/ipmitool /usr/share/doc/busybox-static /usr/sbin/dropbear /usr/bin/dropbearkey /usr/bin/cpio"
 

@@ -67,3 +67,10 @@ def unfinished(records: list[dict]) -> Optional[list[dict]]:
         return None
     run = records[starts[-1]:]
     return None if run[-1].get("event") == "end" else run
+
+
+def run_token(records: list[dict]) -> Optional[str]:
+    """The lock token of the last run in `records` (its begin record), or None."""
+    begins = [r for r in records if r.get("event") == "begin"]
+    return begins[-1].get("token") if begins else None
+

@@ -55,5 +55,9 @@ class FleetCopy:
         """(director, records) of an unfinished rolling release in a copy, else None (the
         longest copy wins: a silent director may have missed the last records)."""
         found = [(d, fleet.unfinished(records)) for d, records in sorted(self.copies.items())]
-        found = [(d, run) for d, run in found if run]
+        # a run another director's copy saw end was finished: this director missed the end (it was
+        # down, e.g. the VRRP peer that failed over mid-rollout)
+        ended = {fleet.run_token(records) for records in self.copies.values() if not fleet.unfinished(records)}
+        ended.discard(None)
+        found = [(d, run) for d, run in found if run and fleet.run_token(run) not in ended]
         return max(found, key=lambda item: len(item[1])) if found else None

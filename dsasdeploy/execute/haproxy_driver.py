@@ -87,13 +87,19 @@ class HaproxyDriver(NoFleetJournal, NoMembership):
         hosts = sorted({r.host for r in records})
         self._command([haproxy.set_state(self.settings.haproxy_backend, h, "drain") for h in hosts])
         self._await_status(hosts, lambda status: status.startswith(("DRAIN", "MAINT")), "DRAIN")
+        for host in hosts:
+            self.env.bus.emit("lb", host=host, status="drained", directors=[b.name for b in self.balancers])
 
     def wait_drained(self, batch: Sequence[Host]) -> None:
-        deadline = time.monotonic() + self.settings.drain_timeout
+        """Until no balancer has a current or queued session on the batch's servers."""
+        started = time.monotonic()
+        deadline = started + self.settings.drain_timeout
         while True:
             busy = {f"{h.name}@{b}": haproxy.sessions(rows[h.name]) for b, rows in self._rows().items()
                     for h in batch if h.name in rows and haproxy.sessions(rows[h.name])}
             if not busy:
+                self.env.bus.emit("lb", status="drain_complete", hosts=sorted(h.name for h in batch),
+                                  seconds=round(time.monotonic() - started, 2))
                 return
             if time.monotonic() >= deadline:
                 if self.settings.on_drain_timeout == "proceed":
@@ -106,3 +112,5 @@ class HaproxyDriver(NoFleetJournal, NoMembership):
         if hosts:
             self._command([haproxy.set_state(self.settings.haproxy_backend, h, "ready") for h in hosts])
             self._await_status(hosts, lambda status: not status.startswith(("DRAIN", "MAINT")), "the servers ready")
+            for host in hosts:
+                self.env.bus.emit("lb", host=host, status="restored", directors=[b.name for b in self.balancers])

@@ -1,7 +1,7 @@
 """Pool drivers: take hosts out of the load balancer and put them back, on EVERY director.
 
 lb_base.py holds the protocol and what a driver gets from the run (PoolEnv); the drivers
-are in lvs_driver.py (ipvsadm, keepalived's maintenance file) and haproxy_driver.py.
+are in lvs_driver.py (ipvsadm), keepalived_driver.py (keepalived's maintenance file) and haproxy_driver.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Optional
 from ..config.schema import LbSettings
 from .haproxy_driver import HaproxyDriver
 from .lb_base import NoFleetJournal, NoMembership, NullDriver, PoolDriver, PoolEnv
-from .lvs_driver import LvsDriver, MaintenanceFileDriver
+from .keepalived_driver import MaintenanceFileDriver
+from .lvs_driver import LvsDriver
 
 __all__ = ["HaproxyDriver", "LvsDriver", "MaintenanceFileDriver", "NoFleetJournal", "NoMembership", "NullDriver",
            "PoolDriver", "PoolEnv", "make_driver"]

@@ -1,4 +1,4 @@
-"""The LVS pool drivers: raw ipvsadm edits on every director, or keepalived's maintenance file."""
+"""The LVS pool driver: raw ipvsadm edits on every director (keepalived's is in keepalived_driver.py)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ class LvsDriver:
         self.last_read: dict[str, dict[str, lvs.VirtualService]] = {}  # each director's table after our last edit
         self.last_read_at = 0.0
 
+    def live(self) -> tuple[Host, ...]:
+        """The directors this run watches and edits (all of them: a raw edit must reach each)."""
+        return self.directors
+
     def rs(self, host: Host) -> str:
         return f"{host.address}:{self.settings.real_port}"
 
@@ -74,29 +78,35 @@ class LvsDriver:
     def read_all(self, with_journal: bool = False) -> dict[str, dict[str, lvs.VirtualService]]:
         """Every director's table, in one round trip each; any failure is an error (`with_journal`:
         the same round trip reads the director's copy of the journal too)."""
+        tables, problems = self.read_tables(self.live(), with_journal)
+        if problems:
+            raise RemoteError("; ".join(problems.values()))
+        self.last_read, self.last_read_at = tables, time.monotonic()  # plan_drain may use it for 2 s
+        return tables
+
+    def read_tables(self, directors: Sequence[Host], with_journal: bool = False
+                    ) -> tuple[dict[str, dict[str, lvs.VirtualService]], dict[str, str]]:
+        """(tables of the directors that answered, director -> problem of those that did not)."""
         extra = self.fleet.read_lines if with_journal else (lambda d: [])
-        outcomes = run_parallel(self.directors, lambda d: self.calls.run(d, lvs.read_script() + extra(d)),
+        outcomes = run_parallel(directors, lambda d: self.calls.run(d, lvs.read_script() + extra(d)),
                                 self.env.limit, grace=INTERRUPT_GRACE)
-        tables, problems = {}, []
+        tables, problems = {}, {}
         for outcome in outcomes:
             name = outcome.host.name
             parsed, problem = parsed_table(outcome, "cannot read the IPVS table", "unreadable ipvsadm output")
             if problem:
-                problems.append(problem)
+                problems[name] = problem
                 continue
             services, keepalived = parsed
             if keepalived and self.settings.keepalived == "refuse":
-                problems.append(f"{name}: keepalived manages IPVS here and would undo a raw ipvsadm edit; set "
+                problems[name] = (f"{name}: keepalived manages IPVS here and would undo a raw ipvsadm edit; set "
                                 f"lb.keepalived to 'maintenance_file' (check-driven drain with inhibit_on_failure) "
                                 f"or 'raw'")
             tables[name] = services
             self.expire_quiescent[name] = lvs.parse_expire_quiescent_template(outcome.value.stdout)
             if with_journal:
                 self.fleet.remember(name, outcome.value.stdout)
-        if problems:
-            raise RemoteError("; ".join(problems))
-        self.last_read, self.last_read_at = tables, time.monotonic()  # plan_drain may use it for 2 s
-        return tables
+        return tables, problems
 
     def memberships(self, tables, host: Host) -> dict[str, list[lvs.VirtualService]]:
         rs = self.rs(host)
@@ -148,7 +158,7 @@ class LvsDriver:
     def fresh_tables(self, max_age: float = 2.0) -> dict[str, dict[str, lvs.VirtualService]]:
         """Every director's table: the read-back of our own last edit if it is seconds old and
         covers every director (nothing else ran in between), else a new read."""
-        if set(self.last_read) == {d.name for d in self.directors} and time.monotonic() - self.last_read_at < max_age:
+        if set(self.last_read) == {d.name for d in self.live()} and time.monotonic() - self.last_read_at < max_age:
             return self.last_read
         return self.read_all()
 
@@ -237,7 +247,7 @@ class LvsDriver:
         started = time.monotonic()
         targets = {self.rs(h): h.name for h in batch}
         # the drain's own read-back is the first poll (one round trip less per batch)
-        tables = self.last_read if set(self.last_read) == {d.name for d in self.directors} else None
+        tables = self.last_read if set(self.last_read) == {d.name for d in self.live()} else None
         while True:
             tables, current = None, tables or self.read_all()
             active = active_connections(current, targets)
@@ -268,43 +278,3 @@ class LvsDriver:
         for host in sorted({r.host for r in records}):
             self.env.bus.emit("lb", host=host, status="restored",
                               weights={r.where: r.weight for r in records if r.host == host})
-
-
-class MaintenanceFileDriver(LvsDriver):
-    """keepalived owns IPVS: drain by creating a maintenance file the host's health check
-    fails on (keepalived with inhibit_on_failure then sets weight 0); watch the directors."""
-
-    def _touch(self, records: list[DrainRecord], create: bool) -> None:
-        names = sorted({r.host for r in records})
-        hosts = [h for h in self.env.stage_hosts if h.name in names]
-        path = self.settings.maintenance_file
-        lines = lvs.maintenance_file_lines(path, create)
-        for outcome in run_parallel(hosts, lambda h: self.env.backend.run(h, lines), self.env.limit):
-            if not outcome.ok or not outcome.value.ok:
-                raise RemoteError(f"{outcome.host.name}: cannot {'create' if create else 'remove'} {path}")
-
-    def _await(self, records: list[DrainRecord], weight_of) -> None:
-        deadline = time.monotonic() + self.settings.drain_timeout
-        while True:
-            tables = self.read_all()
-            pending = [r for r in records
-                       if tables.get(r.director, {}).get(r.service) is None
-                       or tables[r.director][r.service].reals.get(r.real) is None
-                       or tables[r.director][r.service].reals[r.real].weight != weight_of(r)]
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                raise RemoteError("keepalived did not apply the expected weights within "
-                                  f"{self.settings.drain_timeout:g}s: " +
-                                  ", ".join(f"{r.real}@{r.director}" for r in pending))
-            time.sleep(self.settings.poll_interval)
-
-    def drain(self, records: list[DrainRecord]) -> None:
-        self.fleet.ship()  # no director edit carries it here: the copy goes first, on its own
-        self._touch(records, True)
-        self._await(records, lambda r: 0)
-
-    def restore(self, records: list[DrainRecord]) -> None:
-        if records:
-            self._touch(records, False)
-            self._await(records, lambda r: r.weight)

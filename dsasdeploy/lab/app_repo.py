@@ -112,12 +112,23 @@ class Handler(BaseHTTPRequestHandler):
         self.send(200, body + f"served-by={HOST} release={RELEASE}\n".encode(), cache)
 
     def do_GET(self):
+        if self.path.startswith("/lb-check"):  # the balancers' check: also fails while drained for a release
+            if os.path.exists(os.path.join(SHARED, "maintenance")):
+                return self.send(503, f"maintenance (shared/maintenance) release={RELEASE}\n".encode())
+            self.path = "/health"
         if self.path.startswith("/health"):
             if os.path.exists(os.path.join(SHARED, "unhealthy")):
                 return self.send(503, f"unhealthy (shared/unhealthy) release={RELEASE}\n".encode())
             code = HEALTH_STATUS
             return self.send(code, f"{'ok' if code == 200 else 'broken'} release={RELEASE} "
                                    f"version={VERSION} host={HOST}\n".encode())
+        if self.path.startswith("/slow"):  # /slow?seconds=N: a long request (at most 30 s), for drain tests
+            try:
+                seconds = min(float(self.path.partition("seconds=")[2] or 1), 30.0)
+            except ValueError:
+                seconds = 1.0
+            time.sleep(seconds)
+            return self.send(200, f"slow {seconds:g}s release={RELEASE} host={HOST}\n".encode())
         if self.path.startswith("/release"):
             return self.send(200, (RELEASE + "\n").encode())
         key = f"labapp:{RELEASE}:{self.path}"[:200].replace(" ", "_")

@@ -157,6 +157,14 @@ def start_sshd(h: HostSpec, state: str, holder: int) -> int:
                     os.path.join(state, "logs", f"{h.name}.sshd.out"))
 
 
+def start_haproxy(state: str, holder: int) -> int:
+    """Debian's haproxy in the balancer's namespace, in the foreground (master-worker); its stats
+    socket in the namespace's private /run."""
+    cfg = os.path.join(state, "haproxy", "haproxy.cfg")
+    return spawn_in(holder, ["sh", "-c", 'mkdir -p /run/haproxy && exec /usr/sbin/haproxy -W -db -f "$1"',
+                             "haproxy", cfg], os.path.join(state, "logs", "lb1.haproxy.log"))
+
+
 def start_memcached(h: HostSpec, state: str, holder: int, addr: str, port: int) -> int:
     return spawn_in(holder, ["/usr/bin/memcached", "-l", addr, "-p", str(port), "-U", "0",
                              "-m", "32", "-c", "1024", "-u", "nobody"],

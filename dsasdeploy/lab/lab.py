@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import DsasError, UsageError
-from . import engine as engines, guests, hosts, net, pxe, qemu
+from . import engine as engines, guests, hosts, lbshapes, net, pxe, qemu
 from .app_repo import ensure_app_repo
-from .topology import (APP_PORT, BMC_ADDR, BMC_PORT, BMC_USER, BOOT_ADDR, BOOT_HTTP_PORT, DEPLOY_TO,
+from .topology import (APP_PORT, BMC_ADDR, BMC_PORT, BMC_USER, BOOT_ADDR, BOOT_HTTP_PORT, DEFAULT_LB, DEPLOY_TO,
                        DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT, MAX_WEB, MEMCACHED_ADDR,
                        MEMCACHED_PORT, PXE_PRIV_ULA, PXE_VM_BRIDGE, PXE_VM_TAP, SWITCH_NS, VIP,
-                       VIP_PORT, HostSpec, bmc_password_file, boot_dir, cache_dir, stage_yaml,
-                       state_dir, topology)
+                       HostSpec, bmc_password_file, boot_dir, cache_dir, stage_yaml,
+                       stage_name, state_dir, topology, vip_port)
 
 
 MARKER = ".dsas-lab"
@@ -45,12 +45,9 @@ def require_root() -> None:
                          "run it as root, e.g. with sudo")
 
 
-def ipvs_rules(web: int) -> str:
-    from .topology import web_address
-    lines = [f"-A -t {VIP}:{VIP_PORT} -s wrr"]
-    lines += [f"-a -t {VIP}:{VIP_PORT} -r {web_address(i)}:{APP_PORT} -m -w 1"
-              for i in range(1, web + 1)]
-    return "\n".join(lines) + "\n"
+def ipvs_rules(web: int, lb: str = DEFAULT_LB) -> str:
+    """The director's table as the lab loads it (ipvsadm and dr shapes)."""
+    return lbshapes.ipvs_rules(web, lb)
 
 
 def ssh_banner(addr: str, port: int = 22, timeout: float = 0.5) -> bool:
@@ -101,7 +98,6 @@ class Lab:
         return os.path.join(self.state, "app")
 
     vip = VIP
-    vip_port = VIP_PORT
     app_port = APP_PORT
     deploy_to = DEPLOY_TO
     memcached = (MEMCACHED_ADDR, MEMCACHED_PORT)
@@ -125,8 +121,25 @@ class Lab:
         m = self.meta()
         return m["web"] if m else 0
 
+    @property
+    def lb_shape(self) -> str:
+        """How the running lab balances its web hosts: ipvsadm, keepalived, dr or haproxy."""
+        return (self.meta() or {}).get("lb", DEFAULT_LB)
+
+    @property
+    def vip_port(self) -> int:
+        return vip_port(self.lb_shape)
+
+    @property
+    def stage_name(self) -> str:
+        """The stage (a file in the repo's stages/) that describes the running lab."""
+        return stage_name(self.lb_shape)
+
+    def directors(self) -> list[HostSpec]:
+        return [h for h in self.hosts() if "lb" in h.roles]
+
     def hosts(self) -> list[HostSpec]:
-        return topology(self.web_count or 3)
+        return topology(self.web_count or 3, self.lb_shape)
 
     def host(self, name: str) -> HostSpec:
         for h in self.hosts():
@@ -138,8 +151,8 @@ class Lab:
         return [h for h in self.hosts() if "web" in h.roles]
 
     def stage_file(self) -> str:
-        """Stage file describing the running lab (repo's stages/lab.yaml when web == 3)."""
-        return os.path.join(self.state, "stages", "lab.yaml")
+        """Stage file describing the running lab (the repo's stages/<stage_name>.yaml when web == 3)."""
+        return os.path.join(self.state, "stages", f"{self.stage_name}.yaml")
 
     def host_srv(self, name: str) -> str:
         """Host-side directory that is /srv inside web/ns host `name`."""
@@ -211,13 +224,21 @@ class Lab:
         return self.meta() is not None and SWITCH_NS in net.list_netns()
 
     # ---------- up ----------
-    def up(self, web: int = 3, timeout: float = 60.0) -> dict:
-        """Build the lab (idempotent: returns at once if it already runs with `web` web hosts).
+    def up(self, web: int = 3, timeout: float = 60.0, lb: str = DEFAULT_LB) -> dict:
+        """Build the lab (idempotent: returns at once if it already runs with `web` web hosts
+        balanced the `lb` way: ipvsadm, keepalived, dr or haproxy, see lbshapes.py).
 
         Returns {"seconds": float, "already_running": bool, "web": int}."""
         require_root()
         if not 1 <= web <= MAX_WEB:
             raise UsageError(f"--web must be between 1 and {MAX_WEB}, not {web}")
+        try:
+            lbshapes.check_shape(lb)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        for tool in lbshapes.PACKAGES.get(lb, ()):
+            if not os.access(tool, os.X_OK):
+                raise UsageError(f"{tool} is missing (needed by --lb {lb}): run .ci/lab-setup.sh")
         for tool in ("/usr/sbin/sshd", "/usr/sbin/ipvsadm", "/usr/sbin/drbdadm", "/usr/bin/memcached",
                      "/usr/sbin/dnsmasq", "/usr/bin/nsenter", "/usr/bin/git", pxe.QEMU, pxe.IPMI_SIM,
                      "/usr/bin/ipmitool", pxe.BUSYBOX, pxe.DROPBEAR, pxe.DROPBEARKEY, "/usr/bin/cpio",
@@ -253,6 +274,9 @@ class Lab:
             if m["web"] != web:
                 raise UsageError(f"the lab is running with {m['web']} web hosts: "
                                  f"run `dsas lab down` first to change --web")
+            if m.get("lb", DEFAULT_LB) != lb:
+                raise UsageError(f"the lab is running with --lb {m.get('lb', DEFAULT_LB)}: "
+                                 f"run `dsas lab down` first to change --lb")
             if forced and forced != current.name:
                 raise UsageError(f"the lab is running on the {current.name} engine, not {forced} "
                                  "(DSAS_LAB_ENGINE): run `dsas lab down` first")
@@ -272,7 +296,7 @@ class Lab:
         if m is not None or net.lab_netns():
             self.down()
         try:
-            self._up(web, timeout, eng)
+            self._up(web, timeout, eng, lb)
         except BaseException:
             self.down(keep_logs=True)  # the logs stay for a look; the next up/down removes them
             raise
@@ -319,10 +343,12 @@ class Lab:
             marker = os.path.join(self.state, "run", f"{name}.drbd")
             if not hosts.wait_file(marker, max(5.0, deadline - time.time()), pid):
                 raise LabError(f"{name}: DRBD did not rejoin, see {self.state}/logs/{name}.drbd.log")
-        if "lb" in h.roles:
+        if "lb" in h.roles and self.lb_shape in ("ipvsadm", "dr"):
             with open(os.path.join(self.state, "run", "lb1.ipvs")) as f:
-                if f.read() != ipvs_rules(m["web"]):
+                if f.read() != ipvs_rules(m["web"], self.lb_shape):
                     raise LabError(f"{name}: the IPVS table is not what the lab set up")
+        if "lb" in h.roles and self.lb_shape == "keepalived":
+            self.wait_pool(max(5.0, deadline - time.time()), directors=[name])
         return time.time() - t0
 
     def _health_quick(self, ignore_guests: bool = False) -> bool:
@@ -355,15 +381,15 @@ class Lab:
             self._save(m)
             pxe.wait_bmc(new)
 
-    def _up(self, web: int, timeout: float, eng: engines.Engine) -> None:
+    def _up(self, web: int, timeout: float, eng: engines.Engine, lb: str) -> None:
         st = self.state
         os.makedirs(st, exist_ok=True)
         with open(os.path.join(st, MARKER), "w") as f:
             f.write("this directory belongs to `dsas lab`: `dsas lab down` removes it whole\n")
         for d in ("run", "logs", "hosts", "stages", "guests"):
             os.makedirs(os.path.join(st, d), exist_ok=True)
-        topo = topology(web)
-        meta = {"web": web, "pids": {}, "complete": False, "started": time.time(),
+        topo = topology(web, lb)
+        meta = {"web": web, "lb": lb, "pids": {}, "complete": False, "started": time.time(),
                 "state": st, "uml_root": self.uml_root, "engine": eng.as_dict(),
                 # `ip netns add` makes /run/netns (and a bind mount of it): down undoes that
                 "run_netns_existed": os.path.isdir("/run/netns"),
@@ -380,8 +406,9 @@ class Lab:
             modroot, disk = qemu.kernel_tree(self.cache)[1], "/dev/vda"
         else:
             modroot, disk = self.uml_root, "/dev/ubda"
-        guests.write_guest_files(st, modroot, ipvs_rules(web), "10.77.3.21", "10.77.3.22",
+        guests.write_guest_files(st, modroot, ipvs_rules(web, lb), "10.77.3.21", "10.77.3.22",
                                  DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT, disk)
+        self._write_balancer_files(lb, web)
         # network: switch + root legs + guest taps (+ the PXE VM's), then the guests (slowest) first
         net.switch_up()
         net.guest_taps(gs)
@@ -416,11 +443,15 @@ class Lab:
                     f.write(f"{MEMCACHED_ADDR}:{MEMCACHED_PORT}\n")
         ensure_app_repo(self.app_repo)
         with open(self.stage_file(), "w") as f:
-            f.write(stage_yaml(web))
+            f.write(stage_yaml(web, lb=lb))
 
         # namespace hosts
         for h in nss:
             net.host_netns(h)
+            if h.extra.get("dr_vip"):
+                ip_lines, sysctls = lbshapes.dr_real_server_setup()
+                net.ip_batch(ip_lines, h.netns)
+                net.sh(["ip", "netns", "exec", h.netns, "sysctl", "-q", "-w", *sysctls])
             if "pxe" in h.roles:  # the lab ULA on br-priv, for dnsmasq's router advertisements
                 net.ip_batch([f"addr add {PXE_PRIV_ULA} dev eth2 nodad"], h.netns)
             pids[f"{h.name}.ns"] = hosts.start_holder(h, st)
@@ -433,6 +464,8 @@ class Lab:
             if "memcached" in h.roles:
                 pids[f"{h.name}.memcached"] = hosts.start_memcached(h, st, holder, MEMCACHED_ADDR,
                                                                     MEMCACHED_PORT)
+            if "lb" in h.roles and lb == "haproxy":
+                pids[f"{h.name}.haproxy"] = hosts.start_haproxy(st, holder)
             if "pxe" in h.roles:
                 pids[f"{h.name}.dnsmasq"] = hosts.start_dnsmasq(h, st, holder)
                 pids[f"{h.name}.http"] = hosts.start_boot_http(st, holder, boothttp)
@@ -462,10 +495,11 @@ class Lab:
                 time.sleep(0.1)
         if waiting:
             raise LabError(f"no SSH after {timeout:.0f} s from: {', '.join(waiting)} (logs in {st}/logs)")
-        with open(os.path.join(st, "run", "lb1.ipvs")) as f:
-            loaded = f.read()
-        if loaded != ipvs_rules(web):
-            raise LabError(f"lb1: the IPVS table is not what the lab set up:\n{loaded}")
+        if lb in ("ipvsadm", "dr"):
+            with open(os.path.join(st, "run", "lb1.ipvs")) as f:
+                loaded = f.read()
+            if loaded != ipvs_rules(web, lb):
+                raise LabError(f"lb1: the IPVS table is not what the lab set up:\n{loaded}")
         drbd_marker = os.path.join(st, "run", "drbd-a.drbd")
         if not hosts.wait_file(drbd_marker, max(5.0, deadline - time.time())):
             raise LabError(f"DRBD bring-up did not finish, see {st}/logs/drbd-a.drbd.log")
@@ -485,9 +519,78 @@ class Lab:
         if not pxe.wait_bmc(pids["bmc.ipmi_sim"], max(2.0, deadline - time.time())):
             raise LabError(f"the BMC (ipmi_sim) does not listen on {BMC_ADDR}:{BMC_PORT}, "
                            f"see {st}/logs/ipmi_sim.log")
+        if lb != DEFAULT_LB:
+            # health checks keep a server without a running app out of the pool, and a DR
+            # director never sees the refusals: these shapes come up serving v1 everywhere, as a
+            # fleet in production does
+            with ThreadPoolExecutor(8) as ex:
+                list(ex.map(lambda h: self.place_release(h.name, "v1", restart=True),
+                            [h for h in topo if "web" in h.roles]))
+            self.wait_pool(max(10.0, deadline - time.time()))
         meta["complete"] = True
         meta["up_seconds"] = round(time.time() - meta["started"], 2)
         self._save(meta)
+
+    def _write_balancer_files(self, lb: str, web: int) -> None:
+        """keepalived.conf + init hook per director of the VRRP pair, or HAProxy's configuration."""
+        def write(rel: str, text: str) -> None:
+            path = os.path.join(self.state, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+        if lb == "keepalived":
+            for name in ("lb1", "lb2"):
+                write(f"guests/{name}/rc.sh", lbshapes.KEEPALIVED_RC)
+                write(f"guests/{name}/keepalived.conf", lbshapes.keepalived_conf(name, web))
+        if lb == "haproxy":
+            write("haproxy/haproxy.cfg", lbshapes.haproxy_cfg(web))
+
+    # ---------- the balancers ----------
+    def director_weights(self, director: str = "lb1") -> dict[str, int]:
+        """Real server -> weight on an IPVS director (`ipvsadm -Sn`)."""
+        table = self.run(director, "ipvsadm -Sn", timeout=10).stdout
+        return {ln.split()[4]: int(ln.split()[-1]) for ln in table.splitlines() if ln.startswith("-a")}
+
+    def vip_holders(self) -> list[str]:
+        """The directors that hold the VIP now (keepalived: the VRRP MASTER; one, unless split)."""
+        held = []
+        for h in self.directors():
+            p = self.run(h.name, f"ip -o -4 addr show to {VIP}/32", timeout=10, check=False)
+            if p.returncode == 0 and VIP in p.stdout:
+                held.append(h.name)
+        return held
+
+    def haproxy_servers(self) -> dict[str, str]:
+        """HAProxy server -> status (UP, DOWN, DRAIN, MAINT, ...) of backend web, via the stats socket."""
+        p = self.run("lb1", f"echo 'show stat' | socat stdio UNIX-CONNECT:{lbshapes.HAPROXY_SOCKET}", timeout=10)
+        rows = [ln.split(",") for ln in p.stdout.splitlines() if ln and not ln.startswith("#")]
+        return {r[1]: r[17] for r in rows if r[0] == lbshapes.HAPROXY_BACKEND and r[1] not in ("BACKEND", "FRONTEND")}
+
+    def wait_pool(self, timeout: float, directors: list[str] | None = None) -> None:
+        """Until every web host is in service on the balancers (keepalived: weight 1 on each
+        director, one of them holding the VIP; haproxy: UP). LabError after `timeout` seconds."""
+        deadline, last = time.time() + timeout, ""
+        want = {f"{h.address}:{APP_PORT}" for h in self.web_hosts()}
+        while True:
+            try:
+                if self.lb_shape == "haproxy":
+                    status = self.haproxy_servers()
+                    last = f"haproxy: {status}"
+                    if set(status) == {h.name for h in self.web_hosts()} and all(v == "UP" for v in status.values()):
+                        return
+                else:
+                    names = directors or [h.name for h in self.directors()]
+                    tables = {d: self.director_weights(d) for d in names}
+                    holders = self.vip_holders() if directors is None else ["-"]
+                    last = f"weights {tables}, VIP held by {holders or 'nobody'}"
+                    if len(holders) == 1 and all(t == {r: 1 for r in want} for t in tables.values()):
+                        return
+            except (LabError, subprocess.TimeoutExpired) as exc:
+                last = str(exc)
+            if time.time() > deadline:
+                raise LabError(f"the {self.lb_shape} pool is not in service after {timeout:.0f} s: {last} "
+                               f"(logs in {self.state}/logs)")
+            time.sleep(0.3)
 
     # ---------- down ----------
     def down(self, keep_logs: bool = False) -> dict:
@@ -571,7 +674,7 @@ class Lab:
         pids = m.get("pids", {})
         out = []
         with ThreadPoolExecutor(16) as ex:
-            topo = topology(m["web"])
+            topo = topology(m["web"], m.get("lb", DEFAULT_LB))
             banners = list(ex.map(lambda h: ssh_banner(h.address, 22, 3.0) if h.ssh else None, topo))
         for h, ssh_ok in zip(topo, banners):
             if h.kind == "guest":
@@ -620,7 +723,7 @@ class Lab:
     def client_get(self, path: str = "/", timeout: float = 3.0, addr: str | None = None,
                    port: int | None = None) -> tuple[int, dict, str]:
         """One HTTP GET from the client namespace to the VIP (or addr:port). (status, headers, body)."""
-        url = f"http://{addr or VIP}:{port or VIP_PORT}{path}"
+        url = f"http://{addr or VIP}:{port or self.vip_port}{path}"
         p = self.exec_in("client", ["curl", "-s", "-i", "-m", str(timeout), url], timeout=timeout + 5)
         if p.returncode != 0:
             return 0, {}, f"curl exit {p.returncode}"
@@ -639,7 +742,7 @@ class Lab:
             "c=collections.Counter()\n"
             f"for _ in range({int(n)}):\n"
             "  try:\n"
-            f"    s=socket.create_connection(({VIP!r},{VIP_PORT}),timeout={timeout})\n"
+            f"    s=socket.create_connection(({VIP!r},{self.vip_port}),timeout={timeout})\n"
             f"    s.sendall(b'GET {path} HTTP/1.0\\r\\n\\r\\n'); d=b''\n"
             "    while True:\n"
             "      x=s.recv(65536)\n"

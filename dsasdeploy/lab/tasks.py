@@ -9,19 +9,21 @@ from invoke import task
 
 from ..errors import UsageError
 from .lab import Lab, require_root
-from .topology import BMC_ADDR, BMC_PORT, PXE_VM_MAC, VIP, VIP_PORT
+from .topology import BMC_ADDR, BMC_PORT, PXE_VM_MAC, VIP
 
 
 def _lab() -> Lab:
     return Lab()
 
 
-@task(auto_shortflags=False, help={"web": "number of web hosts (default 3, at most 100)"})
-def up(c, web=3):
+@task(auto_shortflags=False, help={"web": "number of web hosts (default 3, at most 100)",
+                                   "lb": "how the web hosts are balanced: ipvsadm (default), keepalived "
+                                         "(VRRP pair), dr (LVS direct routing) or haproxy"})
+def up(c, web=3, lb="ipvsadm"):
     """Build the local lab (LVS director, DRBD pair, web hosts, memcached, PXE server, client)."""
     require_root()
     lab = _lab()
-    r = lab.up(web=int(web))
+    r = lab.up(web=int(web), lb=lb)
     eng = r["engine"]
     if r["restarted"]:
         print(f"lab repaired in {r['seconds']:.1f} s: brought back {', '.join(r['restarted'])} "
@@ -29,10 +31,11 @@ def up(c, web=3):
     elif r["already_running"]:
         print(f"lab already running with {r['web']} web hosts (state {lab.state})")
     else:
-        print(f"lab up in {r['seconds']:.1f} s: {r['web']} web hosts, VIP {VIP}:{VIP_PORT} "
-              f"(state {lab.state})")
+        print(f"lab up in {r['seconds']:.1f} s: {r['web']} web hosts, VIP {VIP}:{lab.vip_port} "
+              f"balanced by {lab.lb_shape} (state {lab.state})")
     print(f"engine: {eng.label}: {eng.reason}")
-    print(f"stage file: {lab.stage_file()}" + ("  (same as stages/lab.yaml)" if int(web) == 3 else ""))
+    print(f"stage file: {lab.stage_file()}" + (f"  (same as stages/{lab.stage_name}.yaml: "
+                                                f"dsas deploy {lab.stage_name})" if int(web) == 3 else ""))
     print(f"ssh: dsas lab ssh web1   |   client traffic: ip netns exec dsaslab-client curl http://{VIP}/")
     print(f"PXE machine {PXE_VM_MAC} (off): BMC ipmitool -I lanplus -H {BMC_ADDR} -p {BMC_PORT} -U admin "
           f"-E -C 3 (IPMI_PASSWORD from {lab.bmc_password_file})")

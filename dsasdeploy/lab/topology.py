@@ -25,6 +25,9 @@ DEFAULT_STATE_DIR = "/var/lib/dsas-lab"
 DEFAULT_CACHE_DIR = "/var/cache/dsas-lab"
 MAX_WEB = 100
 DEFAULT_WEB = 3
+# how the lab balances the web hosts (`dsas lab up --lb SHAPE`): see lbshapes.py
+LB_SHAPES = ("ipvsadm", "keepalived", "dr", "haproxy")
+DEFAULT_LB = "ipvsadm"
 
 SWITCH_NS = "dsaslab"
 NS_PREFIX = "dsaslab-"
@@ -71,6 +74,10 @@ ROOT_LEGS = [
 ]
 BRIDGES = ["br-mgmt", "br-pub", "br-priv", "br-repl", "br-boot"]
 CONTROLLER_ADDRS = {"mgmt": "10.77.0.1", "pub": "10.77.1.1", "priv": "10.77.2.254"}
+# keepalived shape: the second director, and each director's own addresses (the VIP and the web
+# hosts' gateway DIRECTOR_PRIV move between them by VRRP)
+LB2_MGMT = "10.77.0.11"
+DIRECTOR_OWN = {"lb1": ("10.77.1.2", "10.77.2.2"), "lb2": ("10.77.1.3", "10.77.2.3")}
 
 
 def state_dir() -> str:
@@ -153,15 +160,47 @@ def web_address(i: int) -> str:
     return f"10.77.2.{10 + i}"
 
 
-def topology(web: int = DEFAULT_WEB) -> list[HostSpec]:
-    """Every host of a lab with `web` web hosts, in start order."""
-    hosts = [
-        HostSpec(
-            "lb1", "guest", "10.77.0.10", ("lb",),
-            nics=(Nic("br-mgmt", "10.77.0.10/24", "tap-lb0", "02:77:00:00:00:10"),
-                  Nic("br-pub", f"{VIP}/24", "tap-lb1", "02:77:01:00:00:10"),
-                  Nic("br-priv", f"{DIRECTOR_PRIV}/24", "tap-lb2", "02:77:02:00:00:01")),
-            mem="64M", mods=("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc")),
+def dr_pub_address(i: int) -> str:
+    """LVS-DR shape: web host i's own address on br-pub (its replies leave from the VIP there)."""
+    return f"10.77.1.{20 + i}"
+
+
+def vip_port(lb: str = DEFAULT_LB) -> int:
+    """The VIP's port: LVS-DR cannot change the port, so its virtual service is the app's."""
+    return APP_PORT if lb == "dr" else VIP_PORT
+
+
+IPVS_MODS = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_wlc")
+
+
+def directors(lb: str) -> list[HostSpec]:
+    """The balancer(s) of a shape: one IPVS director guest, a VRRP pair, or HAProxy in a namespace."""
+    if lb == "haproxy":
+        return [HostSpec("lb1", "ns", "10.77.0.10", ("lb",),
+                         nics=(Nic("br-mgmt", "10.77.0.10/24"), Nic("br-pub", f"{VIP}/24"),
+                               Nic("br-priv", f"{DIRECTOR_PRIV}/24")))]
+    if lb == "keepalived":
+        pair = []
+        for n, mgmt in ((1, "10.77.0.10"), (2, LB2_MGMT)):
+            pub, priv = DIRECTOR_OWN[f"lb{n}"]
+            pair.append(HostSpec(
+                f"lb{n}", "guest", mgmt, ("lb",),
+                nics=(Nic("br-mgmt", f"{mgmt}/24", f"tap-lb{n}0", f"02:77:00:00:0{n}:10"),
+                      Nic("br-pub", f"{pub}/24", f"tap-lb{n}1", f"02:77:01:00:0{n}:10"),
+                      Nic("br-priv", f"{priv}/24", f"tap-lb{n}2", f"02:77:02:00:0{n}:01")),
+                mem="64M", mods=IPVS_MODS))
+        return pair
+    return [HostSpec(
+        "lb1", "guest", "10.77.0.10", ("lb",),
+        nics=(Nic("br-mgmt", "10.77.0.10/24", "tap-lb0", "02:77:00:00:00:10"),
+              Nic("br-pub", f"{VIP}/24", "tap-lb1", "02:77:01:00:00:10"),
+              Nic("br-priv", f"{DIRECTOR_PRIV}/24", "tap-lb2", "02:77:02:00:00:01")),
+        mem="64M", mods=IPVS_MODS)]
+
+
+def topology(web: int = DEFAULT_WEB, lb: str = DEFAULT_LB) -> list[HostSpec]:
+    """Every host of a lab with `web` web hosts balanced the `lb` way, in start order."""
+    hosts = directors(lb) + [
         HostSpec(
             "drbd-a", "guest", "10.77.0.21", ("db", "file"),
             nics=(Nic("br-mgmt", "10.77.0.21/24", "tap-da0", "02:77:00:00:00:21"),
@@ -184,27 +223,62 @@ def topology(web: int = DEFAULT_WEB) -> list[HostSpec]:
     ]
     for i in range(1, web + 1):
         a = web_address(i)
-        hosts.append(HostSpec(f"web{i}", "ns", a, ("web",), nics=(Nic("br-priv", f"{a}/24"),),
-                              gateway=DIRECTOR_PRIV))
+        nics = (Nic("br-priv", f"{a}/24"),)
+        if lb == "dr":  # replies go straight to the client from the VIP (on lo), not through lb1
+            nics += (Nic("br-pub", f"{dr_pub_address(i)}/24"),)
+        hosts.append(HostSpec(f"web{i}", "ns", a, ("web",), nics=nics, gateway=DIRECTOR_PRIV,
+                              extra={"dr_vip": VIP} if lb == "dr" else {}))
     return hosts
+
+
+def stage_name(lb: str = DEFAULT_LB) -> str:
+    """The stage of a lab shape: `lab`, or `lab-keepalived`, `lab-dr`, `lab-haproxy`."""
+    return "lab" if lb == DEFAULT_LB else f"lab-{lb}"
+
+
+# what each shape's stage file overrides of dsas.yaml (its lb section is written for the lab)
+STAGE_LB = {
+    "ipvsadm": [],
+    "dr": [],
+    "keepalived": ["lb:", "  keepalived: maintenance_file       # keepalived owns IPVS: drain via its check",
+                   "  maintenance_file: /srv/labapp/shared/maintenance   # the app's /lb-check answers 503"],
+    "haproxy": ["lb:", "  driver: haproxy", "  real_port: 8080",
+                "  haproxy_socket: /run/haproxy/admin.sock", "  haproxy_backend: web"],
+}
+
+SHAPE_LINE = {
+    "ipvsadm": "behind the director lb1 (VIP {vip}:{port}, LVS-NAT, table set with ipvsadm)",
+    "keepalived": "behind keepalived on lb1 + lb2 (VRRP pair; VIP {vip}:{port}, LVS-NAT, HTTP checks)",
+    "dr": "behind the director lb1 (VIP {vip}:{port}, LVS direct routing: replies bypass lb1)",
+    "haproxy": "behind HAProxy on lb1 ({vip}:{port}, runtime API on /run/haproxy/admin.sock)",
+}
 
 
 def known_hosts_name(address: str, port: int = 22) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
-def stage_yaml(web: int = DEFAULT_WEB, comment: str = "") -> str:
+def stage_yaml(web: int = DEFAULT_WEB, comment: str = "", lb: str = DEFAULT_LB) -> str:
     """The stage file text for a lab with `web` web hosts (keys the core engine accepts only)."""
-    lines = [
-        comment or f"# Stage 'lab': the local lab that `dsas lab up --web {web}` builds (run it first, as root).",
-        f"# {web} web hosts (app on :{APP_PORT}; each address is also its LVS-NAT real server) behind "
-        f"the director lb1",
-        f"# (VIP {VIP}:{VIP_PORT}), a DRBD 8.4 pair (r0, service IP {DRBD_SERVICE_IP}), memcached, "
-        "a PXE boot server.",
-        "# Generated by dsasdeploy.lab.topology.stage_yaml; do not edit by hand.",
-        "hosts:",
-    ]
-    topo = topology(web)
+    if lb == DEFAULT_LB:
+        lines = [
+            comment or f"# Stage 'lab': the local lab that `dsas lab up --web {web}` builds (run it first, as root).",
+            f"# {web} web hosts (app on :{APP_PORT}; each address is also its LVS-NAT real server) behind "
+            f"the director lb1",
+            f"# (VIP {VIP}:{VIP_PORT}), a DRBD 8.4 pair (r0, service IP {DRBD_SERVICE_IP}), memcached, "
+            "a PXE boot server.",
+        ]
+    else:
+        lines = [
+            comment or f"# Stage '{stage_name(lb)}': the lab that `dsas lab up --lb {lb} --web {web}` builds "
+                       "(as root).",
+            f"# {web} web hosts (app on :{APP_PORT}) " + SHAPE_LINE[lb].format(vip=VIP, port=vip_port(lb)) + ",",
+            "# a DRBD 8.4 pair, memcached, a PXE boot server. docs/load-balancers.md says how it is built.",
+        ]
+    lines += ["# Generated by dsasdeploy.lab.topology.stage_yaml; do not edit by hand."]
+    lines += STAGE_LB[lb]
+    lines += ["hosts:"]
+    topo = topology(web, lb)
     for h in [h for h in topo if "web" in h.roles] + [h for h in topo if "web" not in h.roles]:
         if not h.ssh or not h.roles:
             continue

@@ -204,15 +204,18 @@ class Batch(EventFields):
 @dataclass(frozen=True, kw_only=True)
 class Lb(EventFields):
     """Load balancer: a host drained (weight 0 on every director), its connections gone, its weights
-    restored, or (add-server) a new real server `joined` at weight 0 / `left`."""
+    restored, (add-server) a new real server `joined` at weight 0 / `left`, or (keepalived) a director
+    that went silent mid-rollout `director_lost`: `directors` carry on, `vips` says who holds each VIP."""
 
     type: ClassVar[str] = "lb"
-    status: Literal["drained", "drain_complete", "restored", "joined", "left"]
+    status: Literal["drained", "drain_complete", "restored", "joined", "left", "director_lost"]
     host: Optional[str] = None
     directors: Optional[list[str]] = None
     hosts: Optional[list[str]] = None
     weights: Optional[dict[str, int]] = None
     seconds: Optional[Seconds] = None
+    reason: Optional[str] = None
+    vips: Optional[dict[str, list[str]]] = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,102 +9,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
-import jsonschema
 import pytest
 
 from dsasdeploy.lab import faults
-from dsasdeploy.lab.topology import VIP, VIP_PORT
 
-ROOT = Path(__file__).resolve().parents[2]
-DSAS = [sys.executable, "-m", "dsasdeploy"]
-
-LOAD = r"""
-import json, os, socket, sys, threading, time
-stop, out, deadline = sys.argv[1], sys.argv[2], time.monotonic() + 120
-ok = errors = 0
-releases, samples, lock = {}, [], threading.Lock()
-
-def worker():
-    global ok, errors
-    while not os.path.exists(stop) and time.monotonic() < deadline and ok + errors < 60000:
-        one()
-
-def one():
-    global ok, errors
-    try:
-        s = socket.create_connection((%(vip)r, %(port)d), timeout=3)
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        s.close()
-        head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
-        status = int(head.split()[1]) if head.startswith("HTTP/") else 0
-        release = next((l.split(":", 1)[1].strip() for l in head.split("\r\n") if l.lower().startswith("x-release")), "?")
-        with lock:
-            if status == 200:
-                ok += 1
-                releases[release] = releases.get(release, 0) + 1
-            else:
-                errors += 1
-                samples.append(f"HTTP {status}")
-    except Exception as exc:
-        with lock:
-            errors += 1
-            samples.append(repr(exc))
-
-started = time.monotonic()
-threads = [threading.Thread(target=worker) for _ in range(4)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-rate = (ok + errors) / max(time.monotonic() - started, 0.001)
-json.dump({"ok": ok, "errors": errors, "releases": releases, "samples": samples[:5], "rate": rate}, open(out, "w"))
-""" % {"vip": VIP, "port": VIP_PORT}
-
-
-class ClientLoad:
-    """HTTP requests to the VIP from the lab's client namespace, counted (bounded in count and time)."""
-
-    def __init__(self, tmp: Path):
-        self.stop_file, self.out = tmp / "stop-load", tmp / "load.json"
-        self.proc = subprocess.Popen(["ip", "netns", "exec", "dsaslab-client", sys.executable, "-c", LOAD,
-                                      str(self.stop_file), str(self.out)])
-
-    def finish(self) -> dict:
-        self.stop_file.touch()
-        self.proc.wait(timeout=30)
-        return json.loads(self.out.read_text())
+from .helpers import DSAS, ROOT, ClientLoad, dsas, events
 
 
 @pytest.fixture
 def env(lab, tmp_path):
     return {**os.environ, "DSAS_PROJECT": str(ROOT), "DSAS_STATE_DIR": str(tmp_path / "state"),
             "DSAS_CACHE_DIR": str(tmp_path / "cache"), "CI": "true"}
-
-
-def dsas(env, *args, timeout=180) -> subprocess.CompletedProcess:
-    return subprocess.run([*DSAS, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
-
-
-SCHEMA = json.loads((ROOT / "dsasdeploy" / "report" / "events.schema.json").read_text())
-
-
-def events(stdout: str) -> list[dict]:
-    """The --json events of a run, each validated against the published schema."""
-    found = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    for event in found:
-        jsonschema.validate(event, SCHEMA)
-    return found
 
 
 def weights(lab) -> dict[str, int]:
@@ -158,6 +77,48 @@ def test_rolling_deploy_with_zero_failed_requests(lab, env, tmp_path):
     health = [e for e in stream if e["type"] == "gate" and e["name"] == "health"]
     assert all(h["release"] == release and h["status"] == "ok" for h in health)
     assert max(stream[-1]["round_trips"][h] for h in ("web1", "web2", "web3")) <= 4
+
+
+def stamp(event: dict) -> float:
+    return datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+
+
+def test_persistent_service_drains_and_the_client_follows(lab, env, tmp_path):
+    """`-p` (persistent templates) with expire_quiescent_template=1: the sticky client stays on one
+    server until that server is drained, then moves once; 0 failed requests."""
+    previous = baseline(lab, env)
+    service = f"-t {lab.vip}:{lab.vip_port}"
+    expire = lab.run("lb1", "cat /proc/sys/net/ipv4/vs/expire_quiescent_template").stdout.strip()
+    lab.run("lb1", f"ipvsadm -E {service} -s wrr -p 30 && sysctl -q -w net.ipv4.vs.expire_quiescent_template=1")
+    try:
+        load = ClientLoad(tmp_path)  # one client address: one persistence template at a time
+        time.sleep(0.5)
+        result = dsas(env, "deploy", "lab", "--json")
+        traffic = load.finish()
+        table = lab.run("lb1", "ipvsadm -Sn").stdout
+    finally:
+        lab.run("lb1", f"ipvsadm -E {service} -s wrr && sysctl -q -w net.ipv4.vs.expire_quiescent_template={expire}")
+    assert result.returncode == 0, result.stderr
+    stream = events(result.stdout)
+    release = stream[-1]["release"]
+    drains = [e["seconds"] for e in stream if e["type"] == "lb" and e["status"] == "drain_complete"]
+    print(f"\npersistent -p 30: {traffic['ok']} requests, {traffic['errors']} failed, served by {traffic['hosts']}, "
+          f"{traffic['switches']} changes of server (first ones: {traffic['order'][:4]}), drains took {drains} s")
+    assert traffic["errors"] == 0, traffic
+    assert set(traffic["releases"]) <= {previous, release}
+    # the client's template holds through the other servers' drains: it changes server only once its
+    # own server is drained (the template expires at its next connection), never before
+    sticky, _ = traffic["order"][0]
+    assert traffic["switches"] >= 1, traffic["order"]
+    its_batch = [stamp(e) for e in stream if e["type"] == "batch" and e["status"] == "started" and sticky in e["hosts"]][0]
+    assert traffic["order"][1][1] >= its_batch, (traffic["order"][:3], its_batch)
+    # while its server is out (drained, switched, checked, warmed) the client never reaches it; once
+    # it is back, its old template is valid again (measured: answers alternate between the two)
+    out_from = [stamp(e) for e in stream if e["type"] == "lb" and e["status"] == "drain_complete"
+                and sticky in e["hosts"]][0]
+    out_until = [stamp(e) for e in stream if e["type"] == "gate" and e["name"] == "warm" and e["host"] == sticky][0]
+    assert not [t for host, t in traffic["order"] if host == sticky and out_from + 0.2 < t < out_until]
+    assert "-p 30" in table and weights(lab) == {f"10.77.2.1{i}:8080": 1 for i in (1, 2, 3)}
 
 
 def test_failed_health_rolls_back_the_whole_fleet(lab, env, tmp_path):

@@ -71,3 +71,20 @@ def test_replay_knows_where_the_new_release_passed_its_gates():
     state = JournalState.replay(records)
     assert state.gated == {"web1"}  # web2 went back: its pass no longer stands
     assert state.switched == {"web1": "2"} and not state.drained
+
+
+def test_a_director_that_missed_the_end_of_a_finished_run_does_not_block_the_next(tmp_path):
+    """The VRRP peer killed mid-rollout keeps a copy without `end`; its peer's copy of the same run
+    (same token) has it: the run is finished. A run no copy finished is still unfinished."""
+    from dsasdeploy.execute.fleet_copy import FleetCopy
+
+    begin = {"event": "begin", "token": "t1"}
+    copy = FleetCopy.__new__(FleetCopy)
+    copy.copies = {"lb1": [begin, {"event": "drain", "host": "web2"}],
+                   "lb2": [begin, {"event": "drain", "host": "web2"}, {"event": "restored", "host": "web2"},
+                           {"event": "end"}]}
+    assert copy.unfinished() is None
+    copy.copies["lb2"] = copy.copies["lb2"][:-1]
+    assert copy.unfinished() == ("lb2", copy.copies["lb2"])  # the longest unfinished copy
+    copy.copies = {"lb1": [begin], "lb2": [{"event": "begin", "token": "t0"}, {"event": "end"}]}
+    assert copy.unfinished() == ("lb1", [begin])  # another run's end does not finish this one

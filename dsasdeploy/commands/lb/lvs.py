@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..base import Marker, q, render, split_at_marker, text_before_marker
+from ..base import Marker, parse_markers, q, render, split_at_marker, text_before_marker
 
 METHOD_FLAGS = {"-m": "Masq", "-g": "Route", "-i": "Tunnel"}
 FLAG_OF_METHOD = {v: k for k, v in METHOD_FLAGS.items()}
@@ -212,3 +212,23 @@ def maintenance_file_lines(path: str, create: bool) -> list[str]:
     if create:
         return [f"mkdir -p \"$(dirname {q(path)})\" && touch {q(path)}"]
     return [f"rm -f {q(path)}"]
+
+
+def service_address(service_key: str) -> str:
+    """The virtual address of a service key: "TCP 10.77.1.10:80" -> "10.77.1.10" (IPv6 brackets dropped)."""
+    return service_key.split(" ", 1)[1].rsplit(":", 1)[0].strip("[]")
+
+
+def vip_held_lines(addresses: list[str]) -> list[str]:
+    """On a director: one marker per address in `addresses` that it holds now (keepalived's VRRP
+    MASTER holds the VIP; its BACKUP does not). One `ip` process."""
+    lines = ["a=$(ip -o addr show 2>/dev/null)"]
+    for address in addresses:
+        lines.append(f"case \"$a\" in *{q(' ' + address + '/')}*) echo {q(Marker('vip-held', address).line)};; esac")
+    return lines
+
+
+def parse_vip_held(stdout: str) -> list[str]:
+    """The addresses a director printed with vip_held_lines."""
+    return [m.value for m in parse_markers(stdout) if m.key == "vip-held"]
+
