@@ -36,7 +36,8 @@ def up(c, web=3, lb="ipvsadm"):
     print(f"engine: {eng.label}: {eng.reason}")
     print(f"stage file: {lab.stage_file()}" + (f"  (same as stages/{lab.stage_name}.yaml: "
                                                 f"dsas deploy {lab.stage_name})" if int(web) == 3 else ""))
-    print(f"ssh: dsas lab ssh web1   |   client traffic: ip netns exec dsaslab-client curl http://{VIP}/")
+    print(f"ssh: dsas lab ssh web1   |   client traffic: ip netns exec dsaslab-client curl "
+          f"http://{VIP}:{lab.vip_port}/")
     print(f"PXE machine {PXE_VM_MAC} (off): BMC ipmitool -I lanplus -H {BMC_ADDR} -p {BMC_PORT} -U admin "
           f"-E -C 3 (IPMI_PASSWORD from {lab.bmc_password_file})")
 
@@ -60,6 +61,7 @@ def status(c):
         return
     eng = lab.engine()
     print(f"engine: {eng.label}: {eng.reason}")
+    print(f"balancer: {lab.lb_shape} (VIP {VIP}:{lab.vip_port}, stage {lab.stage_name})")
     print(f"{'HOST':<8} {'KIND':<6} {'ADDRESS':<13} {'ROLES':<18} {'STATE':<5} DETAIL")
     for s in rows:
         print(f"{s.name:<8} {s.kind:<6} {s.address:<13} {','.join(s.roles) or '-':<18} "
