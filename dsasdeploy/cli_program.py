@@ -10,6 +10,8 @@ changed nothing (before any remote command, a read-only command), else exit 4.
 from __future__ import annotations
 
 import importlib.util
+import os
+import select
 import sys
 import traceback
 from pathlib import Path
@@ -104,6 +106,11 @@ class DsasProgram(Program):
             if exit:
                 sys.exit(int(ExitStatus.FAILED_ROLLED_BACK))
         except Exception as exc:  # a bug: one line, the trace only on request
+            if isinstance(exc, BrokenPipeError) and reader_gone(self.env.stdout):
+                # `dsas releases prod | head -1`: the reader has what it wanted; nothing failed
+                if exit:
+                    sys.exit(0)
+                return
             if getattr(self, "core", None) is not None and self.args.traceback.value:
                 traceback.print_exc(file=stderr)
             # exit 4 means a human must look at the hosts: only when a host may have been changed
@@ -114,6 +121,23 @@ class DsasProgram(Program):
             if exit:
                 sys.exit(int(ExitStatus.FAILED_ROLLED_BACK if unchanged else ExitStatus.NEEDS_HUMAN))
             raise
+
+
+def reader_gone(stream) -> bool:
+    """Whether `stream` is a pipe whose reader closed it; if so, later writes (the interpreter's
+    own flush at exit included) go to /dev/null instead of raising again."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):  # a pipe without readers
+        return False
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    return True
 
 
 def command_summaries(namespace: Collection) -> list[tuple[str, str]]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 DSAS = [sys.executable, "-m", "dsasdeploy"]
 
@@ -114,3 +117,15 @@ def test_add_server_reinstall_needs_yes_without_a_terminal(tmp_path):
                   "--role", "web", "--bmc", "127.0.0.1:9623", "--reinstall", cwd=project)
     assert result.returncode == 2, result.stderr
     assert "WIPE whatever machine answers at 10.77.2.209" in result.stderr and "pass --yes" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--complete", "--", "dsas", ""], ["config", "lab"]])
+def test_a_reader_that_closes_the_pipe_early_is_not_an_error(argv):
+    """`dsas releases prod | head -1`: the reader leaves; dsas exits 0 without a word on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before dsas writes a byte
+    env = {**os.environ, "DSAS_PROJECT": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "dsasdeploy", *argv], stdout=write_end, stderr=subprocess.PIPE,
+                          text=True, env=env, stdin=subprocess.DEVNULL, timeout=60)
+    os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
