@@ -33,8 +33,8 @@ def lab_session():
         pytest.skip(reason)
     lab = Lab()
     meta = lab.meta()
-    if meta and meta.get("web") != 3:
-        lab.down()  # a lab of another size (or an interrupted run): start from scratch
+    if meta and (meta.get("web") != 3 or lab.lb_shape != "ipvsadm"):
+        lab.down()  # a lab of another size or shape (or an interrupted run): start from scratch
     mem0 = meminfo()["host_available_kib"]
     r = lab.up(web=3)  # idempotent: a healthy running lab is used as it is
     time.sleep(0.5)
