@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from typing import Iterator
+from typing import Iterator, Optional
 
 from .messages import did_you_mean
 from .names import (CONTROL, check_address, check_deploy_to, check_endpoint, check_name, check_url_path,
@@ -133,8 +133,27 @@ def _rollout(spec: StageSpec) -> Iterator[Problem]:
             yield ("lb", "restore_steps"), f"must rise from 1..100 and end at 100, got {steps}"
         if spec.lb.keepalived == "maintenance_file" and not spec.lb.maintenance_file:
             yield ("lb", "maintenance_file"), "is required when lb.keepalived is 'maintenance_file'"
+        if spec.lb.maintenance_file:
+            problem = _maintenance_file_problem(spec.lb.maintenance_file, spec)
+            if problem:
+                yield ("lb", "maintenance_file"), problem
         if spec.lb.driver == "haproxy" and not spec.lb.haproxy_backend:
             yield ("lb", "haproxy_backend"), "is required with lb.driver 'haproxy'"
+
+
+def _maintenance_file_problem(path: str, spec: StageSpec) -> Optional[str]:
+    """dsas creates the file on the hosts: it must stay inside each host's deploy_to (a path
+    relative to it, or an absolute one below every deploy_to the stage uses)."""
+    parts = path.split("/")
+    if CONTROL.search(path) or any(p == ".." for p in parts) or not path.strip("/"):
+        return f"must be a file inside deploy_to (relative to it, no '..'), got '{path}'"
+    if posixpath.isabs(path):
+        roots = {spec.deploy_to, *(h.deploy_to for h in spec.hosts if h.deploy_to)}
+        outside = sorted(r for r in roots if r and not path.startswith(r.rstrip("/") + "/"))
+        if outside:
+            return (f"'{path}' is outside deploy_to {', '.join(outside)}: dsas writes only below deploy_to; "
+                    f"give a path relative to it (e.g. shared/maintenance)")
+    return None
 
 
 def _paths(spec: StageSpec) -> Iterator[Problem]:

@@ -76,14 +76,23 @@ class MaintenanceFileDriver(LvsDriver):
                     held.setdefault(address, []).append(outcome.host.name)
         return held
 
+    def maintenance_file(self, host: Host) -> str:
+        """The host's maintenance file: lb.maintenance_file, relative to its deploy_to unless absolute
+        (config validation keeps an absolute one below every deploy_to)."""
+        path = self.settings.maintenance_file
+        return path if path.startswith("/") else f"{host.deploy_to.rstrip('/')}/{path}"
+
     def _touch(self, records: list[DrainRecord], create: bool) -> None:
         names = sorted({r.host for r in records})
         hosts = [h for h in self.env.stage_hosts if h.name in names]
-        path = self.settings.maintenance_file
-        lines = lvs.maintenance_file_lines(path, create)
-        for outcome in run_parallel(hosts, lambda h: self.env.backend.run(h, lines), self.env.limit):
+
+        def touch(host: Host):
+            return self.env.backend.run(host, lvs.maintenance_file_lines(self.maintenance_file(host), create))
+
+        for outcome in run_parallel(hosts, touch, self.env.limit):
             if not outcome.ok or not outcome.value.ok:
-                raise RemoteError(f"{outcome.host.name}: cannot {'create' if create else 'remove'} {path}")
+                raise RemoteError(f"{outcome.host.name}: cannot {'create' if create else 'remove'} "
+                                  f"{self.maintenance_file(outcome.host)}: {outcome.reason()}")
 
     def _await(self, records: list[DrainRecord], weight_of) -> None:
         """Until every watched director shows `weight_of(record)` for each record."""

@@ -135,6 +135,12 @@ CASES = [
     Case("drbd-three-nodes", {"dsas.yaml": PROJECT + DRBD}, ("drbd[0].nodes: takes at most 2 items, got 3",)),
     Case("drbd-name-path", {"dsas.yaml": PROJECT + DRBD.replace("name: r0", "name: ../../r0")
                             .replace("[web1, lb1, db1]", "[web1, db1]")}, ("drbd[0].name:",)),
+    Case("maintenance-file-outside-deploy_to",
+         {"dsas.yaml": PROJECT + "lb:\n  driver: lvs\n  keepalived: maintenance_file\n  maintenance_file: /etc/nologin\n"},
+         ("dsas.yaml:9: lb.maintenance_file: '/etc/nologin' is outside deploy_to /srv/shop",)),
+    Case("maintenance-file-dotdot",
+         {"dsas.yaml": PROJECT + "lb:\n  driver: lvs\n  keepalived: maintenance_file\n  maintenance_file: ../x\n"},
+         ("lb.maintenance_file: must be a file inside deploy_to (relative to it, no '..')",)),
     Case("lvs-without-lb-host", {"dsas.yaml": PROJECT + "lb:\n  driver: lvs\n",
                                  "stages/production.yaml": STAGE.replace("roles: [lb]", "roles: [web]")},
          ("dsas.yaml:7: lb.driver: lb.driver 'lvs' needs a host with role 'lb'",)),
