@@ -176,13 +176,13 @@ class FakeFleet:
 
     @classmethod
     def build(cls, root: Path, repo: Path, *, web: int = 3, lb: bool = False, drbd: bool = False,
-              extra_project: str = "") -> "FakeFleet":
+              extra_project: str = "", directors: int = 1) -> "FakeFleet":
         """`web` web hosts (web1..), a director lb1 with a VIP over them (`lb`), a DRBD pair
         drbd-a (Primary, serving) and drbd-b (`drbd`); `extra_project`: more dsas.yaml keys.
         Set DSAS_PROJECT to `fleet.project` before running (fleet_fixture does)."""
         hosts = [FakeHostSpec(f"web{i}", f"10.99.2.{10 + i}", ("web",)) for i in range(1, web + 1)]
         if lb:
-            hosts.append(FakeHostSpec("lb1", "10.99.0.10", ("lb",)))
+            hosts += [FakeHostSpec(f"lb{i}", f"10.99.0.{9 + i}", ("lb",)) for i in range(1, directors + 1)]
         if drbd:
             hosts += [FakeHostSpec("drbd-a", "10.99.0.21", ("db",)), FakeHostSpec("drbd-b", "10.99.0.22", ("db",))]
         fleet = cls(root, hosts)
@@ -195,9 +195,9 @@ class FakeFleet:
         (fleet.project / "stages" / "test.yaml").write_text(fleet.stage_yaml())
         for host in hosts:
             fleet.deploy_to(host.name).mkdir(parents=True)
-        if lb:
-            fleet.write_ipvs("lb1", [fleet.real("web1", 5), fleet.real("web2", 3, upper=100, lower=50),
-                                     fleet.real("web3", 7, method="Route")])
+        for i in range(1, directors + 1 if lb else 1):
+            fleet.write_ipvs(f"lb{i}", [fleet.real("web1", 5), fleet.real("web2", 3, upper=100, lower=50),
+                                        fleet.real("web3", 7, method="Route")])
         if drbd:
             fleet.write_drbd(primary="drbd-a")
         return fleet
@@ -355,6 +355,15 @@ class FakeFleet:
         table = json.loads((self.host_dir(director) / "ipvs.json").read_text())
         by_address = {f"{h.address}:{REAL_PORT}": h.name for h in self.hosts}
         return {by_address[r["address"]]: r for s in table["services"] for r in s["reals"]}
+
+    def keepalived(self, director: str, maintenance_file: str) -> None:
+        """A fake keepalived owns `director`'s table from now on: each web host's weight reads 0
+        while <its deploy_to>/`maintenance_file` exists, and raw ipvsadm edits fail."""
+        checks = {self.real(h.name, 0)["address"]: str(self.deploy_to(h.name) / maintenance_file)
+                  for h in self.hosts if "web" in h.roles}
+        for rendered in ("ipvs.save", "ipvs.list"):  # the sh wrapper would cat them: weights are read live now
+            (self.host_dir(director) / rendered).unlink(missing_ok=True)
+        (self.host_dir(director) / "keepalived.json").write_text(json.dumps(checks, indent=1))
 
     def set_weight(self, host: str, weight: int, director: str = "lb1") -> None:
         """Change a real server's weight by hand (as an operator would with ipvsadm -e)."""

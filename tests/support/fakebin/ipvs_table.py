@@ -94,13 +94,29 @@ def save_table(table):
         os.replace(path + ".tmp", path)
 
 
+def checked(table, checks):
+    """keepalived's view (`checks`: real address -> the file its health check fails on): a real
+    server whose maintenance file exists has weight 0 (inhibit_on_failure), else its own weight."""
+    for service in table["services"]:
+        for real in service["reals"]:
+            if real["address"] in checks and os.path.exists(checks[real["address"]]):
+                real["weight"] = 0
+    return table
+
+
 def ipvsadm(args):
     path = os.path.join(HOST_DIR, "ipvs.json")
     table = load(path, {"services": []})
+    checks = load(os.path.join(HOST_DIR, "keepalived.json"), None)  # a fake keepalived owns this table
     if args in (["-Sn"], ["-Ln", "--exact"]):
-        save_table(table)
+        if checks is not None:  # weights follow the checks at every read: nothing cached
+            table = checked(table, checks)
+        else:
+            save_table(table)
         sys.stdout.write(render_save(table) if args == ["-Sn"] else render_list(table))
         return
+    if checks is not None:
+        die("ipvsadm (fake): keepalived owns this table: a raw edit would be undone at its next reload", 3)
     command, opts = args[0], options(args[1:])
     proto = next((flag for flag in PROTO_FLAGS if flag in opts), None)
     if command not in ("-e", "-a", "-d") or proto is None or "-r" not in opts:
