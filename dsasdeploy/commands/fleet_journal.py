@@ -73,4 +73,3 @@ def run_token(records: list[dict]) -> Optional[str]:
     """The lock token of the last run in `records` (its begin record), or None."""
     begins = [r for r in records if r.get("event") == "begin"]
     return begins[-1].get("token") if begins else None
-

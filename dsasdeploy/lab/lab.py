@@ -12,10 +12,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..commands.lb import haproxy
 from ..errors import DsasError, UsageError
 from . import engine as engines, guests, hosts, lbshapes, net, pxe, qemu
 from .app_repo import ensure_app_repo
 from .topology import (APP_PORT, BMC_ADDR, BMC_PORT, BMC_USER, BOOT_ADDR, BOOT_HTTP_PORT, DEFAULT_LB, DEPLOY_TO,
+                       HAPROXY_BACKEND, HAPROXY_SOCKET,
                        DRBD_SERVICE_IP, DRBD_SERVICE_PORT, DRBD_MOUNT, MAX_WEB, MEMCACHED_ADDR,
                        MEMCACHED_PORT, PXE_PRIV_ULA, PXE_VM_BRIDGE, PXE_VM_TAP, SWITCH_NS, VIP,
                        HostSpec, bmc_password_file, boot_dir, cache_dir, stage_yaml,
@@ -561,10 +563,11 @@ class Lab:
         return held
 
     def haproxy_servers(self) -> dict[str, str]:
-        """HAProxy server -> status (UP, DOWN, DRAIN, MAINT, ...) of backend web, via the stats socket."""
-        p = self.run("lb1", f"echo 'show stat' | socat stdio UNIX-CONNECT:{lbshapes.HAPROXY_SOCKET}", timeout=10)
-        rows = [ln.split(",") for ln in p.stdout.splitlines() if ln and not ln.startswith("#")]
-        return {r[1]: r[17] for r in rows if r[0] == lbshapes.HAPROXY_BACKEND and r[1] not in ("BACKEND", "FRONTEND")}
+        """HAProxy server -> status (UP, DOWN, DRAIN, MAINT, ...) of backend web, via the stats socket
+        (the same runtime-API builder and parser the HAProxy driver uses)."""
+        p = self.run("lb1", "\n".join(haproxy.api_script(HAPROXY_SOCKET, ["show stat"])), timeout=10)
+        rows = haproxy.server_rows(haproxy.parse_show_stat(p.stdout), HAPROXY_BACKEND)
+        return {name: row.get("status", "") for name, row in rows.items()}
 
     def wait_pool(self, timeout: float, directors: list[str] | None = None) -> None:
         """Until every web host is in service on the balancers (keepalived: weight 1 on each

@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-from .topology import APP_PORT, DIRECTOR_PRIV, LB_SHAPES, VIP, VIP_PORT, vip_port, web_address
+from .topology import (APP_PORT, DIRECTOR_PRIV, HAPROXY_BACKEND, HAPROXY_SOCKET, LB_SHAPES, MAINTENANCE_FILE, VIP,
+                       VIP_PORT, vip_port, web_address)
 
 CHECK_PATH = "/lb-check"  # the app answers 503 here while shared/maintenance exists
-MAINTENANCE_FILE = "/srv/labapp/shared/maintenance"
-HAPROXY_SOCKET = "/run/haproxy/admin.sock"
-HAPROXY_BACKEND = "web"
 VRRP_PRIORITY = {"lb1": 150, "lb2": 100}
 PACKAGES = {"keepalived": ("/usr/sbin/keepalived",), "haproxy": ("/usr/sbin/haproxy", "/usr/bin/socat")}
 

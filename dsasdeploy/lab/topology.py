@@ -45,6 +45,11 @@ DRBD_MOUNT = "/srv/data"
 BOOT_ADDR = "10.77.0.6"
 BOOT_NET_ADDR = "10.77.4.1"
 DEPLOY_TO = "/srv/labapp"
+# the balancers' side of a web host (lbshapes.py): keepalived's check fails while the maintenance
+# file exists; HAProxy's runtime API socket and backend
+MAINTENANCE_FILE = f"{DEPLOY_TO}/shared/maintenance"
+HAPROXY_SOCKET = "/run/haproxy/admin.sock"
+HAPROXY_BACKEND = "web"
 
 # ---- the PXE-installable "bare-metal" machine (fixed interface: `dsas add-server` relies on it) ----
 # boot1's third NIC, on br-priv: dnsmasq answers DHCP there for reserved MACs only
@@ -241,16 +246,16 @@ STAGE_LB = {
     "ipvsadm": [],
     "dr": [],
     "keepalived": ["lb:", "  keepalived: maintenance_file       # keepalived owns IPVS: drain via its check",
-                   "  maintenance_file: /srv/labapp/shared/maintenance   # the app's /lb-check answers 503"],
-    "haproxy": ["lb:", "  driver: haproxy", "  real_port: 8080",
-                "  haproxy_socket: /run/haproxy/admin.sock", "  haproxy_backend: web"],
+                   f"  maintenance_file: {MAINTENANCE_FILE}   # the app's /lb-check answers 503"],
+    "haproxy": ["lb:", "  driver: haproxy", f"  real_port: {APP_PORT}",
+                f"  haproxy_socket: {HAPROXY_SOCKET}", f"  haproxy_backend: {HAPROXY_BACKEND}"],
 }
 
+# the stage file's description of the shapes other than the default
 SHAPE_LINE = {
-    "ipvsadm": "behind the director lb1 (VIP {vip}:{port}, LVS-NAT, table set with ipvsadm)",
     "keepalived": "behind keepalived on lb1 + lb2 (VRRP pair; VIP {vip}:{port}, LVS-NAT, HTTP checks)",
     "dr": "behind the director lb1 (VIP {vip}:{port}, LVS direct routing: replies bypass lb1)",
-    "haproxy": "behind HAProxy on lb1 ({vip}:{port}, runtime API on /run/haproxy/admin.sock)",
+    "haproxy": "behind HAProxy on lb1 ({vip}:{port}, runtime API on " + HAPROXY_SOCKET + ")",
 }
 
 

@@ -231,4 +231,3 @@ def vip_held_lines(addresses: list[str]) -> list[str]:
 def parse_vip_held(stdout: str) -> list[str]:
     """The addresses a director printed with vip_held_lines."""
     return [m.value for m in parse_markers(stdout) if m.key == "vip-held"]
-
